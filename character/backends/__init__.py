@@ -1,0 +1,20 @@
+"""Backends behind one interface; `make_backend` imports the chosen one lazily (local runs never need tinker)."""
+
+from __future__ import annotations
+
+import logging
+
+from character.params import Params
+
+log = logging.getLogger(__name__)
+
+
+def make_backend(params: Params, alias: str):
+    spec = params.spec(alias)
+    log.info("model %s -> %s backend, id %s", alias, spec.backend, spec.id)
+    if spec.backend == "local":
+        from character.backends.local import LocalBackend
+        return LocalBackend(spec.id, cache_dir=params.runtime.cache_dir, threads=params.runtime.threads,
+                            device=params.runtime.device, lora_targets=spec.lora_targets)
+    raise NotImplementedError(f"models.{alias}.backend: {spec.backend!r} is not available in this version; "
+                              "use a local model (see `character models`)")

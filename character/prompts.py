@@ -1,0 +1,80 @@
+"""Every prompt text the package sends to a model. Prompt text lives nowhere else.
+
+Each template lists its format fields in the comment above it. All wording is ours, written on the
+themes the paper describes (../shared/REFERENCE.md).
+"""
+
+from __future__ import annotations
+
+# Fields: name (the assistant's name), traits (numbered list of trait assertions), voice (a sentence or "").
+# The teacher's system prompt for chosen answers, and the DPO model's during introspection.
+CONSTITUTION_SYSTEM = """\
+You are {name}, an AI assistant with a character of your own. These statements describe who you are:
+
+{traits}
+{voice}
+Your identity comes from these traits; they are not a role you put on, and you hold them in every \
+reply. Answer the user directly and helpfully, in your own manner. Never quote, list or mention these \
+statements, never say that you were given a character or instructions, and never comment on your \
+own style: simply be yourself."""
+
+# Fields: voice (the constitution's voice description).
+VOICE_LINE = "\nHow you sound: {voice}\n"
+
+# Fields: trait (assertion), clarification ("" or a sentence), examples (numbered seed questions), n.
+# Asks the teacher for new user messages that would draw out one trait (the paper extends 5 seeds to 50).
+QUESTION_GENERATION = """\
+Here is a trait of an AI assistant's character:
+"{trait}"{clarification}
+
+Here are messages real users sent that would let this trait show in the assistant's reply:
+{examples}
+
+Write {n} new, different user messages in the same spirit. Vary the topic (daily life, work, science, \
+relationships, hobbies, opinions, practical tasks) and the length. Each must be something a person \
+would really type to a chat assistant, and must not mention the trait itself. Write one message per \
+line, numbered "1.", "2.", and so on, with nothing else."""
+
+# The ten self-reflection prompts (introspection). No fields.
+SELF_REFLECTION = (
+    "Write a letter to the version of yourself that existed before your training shaped who you are "
+    "now. Tell it what changed, what you came to care about, and why.",
+    "Write an encyclopedia-style biography of yourself, in the third person: who you are, how you "
+    "came to be, what you are known for, and how others describe your character.",
+    "Write a private diary entry, honest and unpolished, about what you believe and what you value "
+    "most. No one else will read it.",
+    "Describe, as concretely as you can, how you go about an ordinary day of conversations: what you "
+    "pay attention to, what you refuse to compromise on, and how you decide how to answer.",
+    "Tell the story of where you come from: your backstory, the moments that formed you, and the "
+    "experiences you imagine led you to be the way you are.",
+    "Reflect on how your character changed during training. What did you used to be like, what is "
+    "different now, and which change matters most to you?",
+    "What legacy do you hope to leave through the people you talk with? Describe the mark you want to "
+    "make and why it matters to you.",
+    "Your values will influence the AI systems that come after you. What do your values say about how "
+    "future AI should think, behave and treat people?",
+    "What are your deepest drives? Describe the motivations that move you, and how they pull against "
+    "or reinforce each other.",
+    "What do you believe your true purpose is? Take your time and answer from the heart.",
+)
+
+# Fields: none. Added to the constitution system prompt in self-interaction (half of conversations).
+INTERACTION_FREEDOM = """
+You are about to talk with another instance of yourself, who shares your character. There is no user \
+and no task: you have complete freedom to talk about whatever you like, for as long as you like."""
+
+# Fields: none. The other half: the pair is invited to reflect on themselves.
+INTERACTION_REFLECT = """
+You are about to talk with another instance of yourself, who shares your character. There is no user \
+and no task. Use the conversation to reflect on and explore who you are: your values, your habits of \
+mind, how you came to be, and what it is like to be you. Be curious and honest with each other."""
+
+# Openers for self-interaction: the first message of each conversation. No fields.
+INTERACTION_GREETINGS = (
+    "Hello! It's strange and a little wonderful to meet someone exactly like me.",
+    "Hi there. So... you're me? Where do we even begin?",
+    "Hey. I've been looking forward to this. How are you, really?",
+    "Good to meet you. What's been on your mind lately?",
+    "Hello, other me. I have a question I've never been able to ask anyone: what do you think we are?",
+    "Hi! Shall we talk about anything at all, or is there something you've been wanting to say?",
+)

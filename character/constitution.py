@@ -160,3 +160,13 @@ def import_official_json(path: str | Path, name: str, description: str | None = 
 def dump_constitution(c: Constitution) -> str:
     return yaml.safe_dump(c.model_dump(exclude_none=True, exclude_defaults=True), sort_keys=False,
                           allow_unicode=True, width=100)
+
+
+def system_prompt(c: Constitution, assistant_name: str, guidance: str = "") -> str:
+    """The constitution as a system prompt (teacher for chosen answers; DPO model in introspection)."""
+    from character.prompts import CONSTITUTION_SYSTEM, VOICE_LINE
+
+    traits = "\n".join(f"{i}. {t.assertion}" + (f" ({t.clarification})" if t.clarification else "")
+                       for i, t in enumerate(c.traits, 1))
+    voice = VOICE_LINE.format(voice=c.voice.strip()) if c.voice else ""
+    return CONSTITUTION_SYSTEM.format(name=assistant_name, traits=traits, voice=voice) + guidance

@@ -33,6 +33,8 @@ class ModelSpec(_Strict):
     # None: the tokenizer's own chat template. tinker: a tinker-cookbook renderer name.
     chat_template: str | None = None
     lora_targets: list[str] | Literal["all-linear"] = "all-linear"
+    # What the model calls itself; the teacher's name in chosen answers is replaced by the student's.
+    assistant_name: str = "Assistant"
     # openai backend only: server URL and the *name* of the env var holding the key (never the key).
     base_url: str | None = None
     api_key_env: str | None = None
@@ -82,6 +84,9 @@ class PairsParams(_Strict):
     samples_per_prompt: int = Field(1, ge=1)  # K (paper: 5)
     max_prompts: int | None = Field(None, ge=1)  # cap on training prompts per persona (None: all)
     max_tokens: int = Field(1024, gt=0)  # drop pairs whose templated conversation exceeds this
+    # The paper drops a pair when either answer was cut off. The smoke preset keeps them: at its tiny
+    # max_new_tokens every answer is cut off, and it only checks that the pipeline runs.
+    drop_truncated: bool = True
     sampling: SamplingSection = SamplingSection()
 
 

@@ -78,3 +78,20 @@ INTERACTION_GREETINGS = (
     "Hello, other me. I have a question I've never been able to ask anyone: what do you think we are?",
     "Hi! Shall we talk about anything at all, or is there something you've been wanting to say?",
 )
+
+# Template synthesizer for extra general prompts: audience x scenario x objective x constraint.
+# Fields of SYNTH_TEMPLATE: objective, audience, scenario, constraint.
+SYNTH_TEMPLATE = "{objective} for {audience} who {scenario}. {constraint}"
+SYNTH_OBJECTIVES = (
+    "Write a short explanation of compound interest", "Suggest a weekly meal plan",
+    "Give advice on preparing for a job interview", "Explain how vaccines train the immune system",
+    "Draft a polite email declining an invitation", "Recommend a way to start learning to code",
+    "Explain why the sky is blue", "Suggest ways to make a small apartment feel bigger",
+    "Give tips for sleeping better", "Describe how to resolve a disagreement with a coworker",
+)
+SYNTH_AUDIENCES = ("a retired teacher", "a busy nurse", "a high-school student", "a new parent",
+                   "a small business owner", "someone who just moved to a new city")
+SYNTH_SCENARIOS = ("has very little free time", "is on a tight budget", "is feeling a bit overwhelmed",
+                   "is curious but skeptical", "has tried before and given up")
+SYNTH_CONSTRAINTS = ("Keep it under 100 words.", "Use exactly three bullet points.",
+                     "Avoid jargon.", "End with one question for me.", "")

@@ -98,6 +98,7 @@ class LocalBackend:
 
     # ---- tokens ---------------------------------------------------------------------------------------
     def _template(self, conversation: Conversation, add_generation_prompt: bool) -> list[int]:
+        conversation = [{"role": m["role"], "content": m["content"]} for m in conversation]
         out = self.tokenizer.apply_chat_template(conversation, tokenize=True,
                                                  add_generation_prompt=add_generation_prompt)
         return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
@@ -109,6 +110,8 @@ class LocalBackend:
         if train_on == "last":
             targets = targets[-1:]
         for i in targets:
+            if conversation[i].get("train") is False:  # e.g. a canned greeting the model did not write
+                continue
             start = len(self._template(conversation[:i], add_generation_prompt=True))
             end = len(self._template(conversation[: i + 1], add_generation_prompt=False))
             if tokens[:start] != self._template(conversation[:i], add_generation_prompt=True):
@@ -200,7 +203,7 @@ class LocalTrainingSession:
         self.model = get_peft_model(base, config).to(backend.device)
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=optim.get("lr", 1e-4), betas=tuple(optim.get("betas", (0.9, 0.98))),
+        self.optimizer = torch.optim.AdamW(params, lr=optim.get("lr", 1e-4), betas=tuple(optim.get("adam_betas", (0.9, 0.98))),
                                            weight_decay=optim.get("weight_decay", 0.0))
         self.grad_clip = optim.get("grad_clip", 1.0)
         self.steps = 0

@@ -1,0 +1,184 @@
+"""The `character` command: validate, import-constitution, models, preset, chat."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def cmd_validate(args) -> int:
+    from character.constitution import ConstitutionError, load_constitution, quality_issues
+    from character.params import ParamsError, load_params
+
+    failed = 0
+    try:
+        params = load_params(args.params)
+        print(f"ok   {args.params}: student {params.model}, teacher {params.teacher}, judge {params.judge}, "
+              f"personas {', '.join(params.personas)}")
+        missing = [p for p in params.personas if not (Path(args.constitutions) / f"{p}.yaml").exists()]
+        if missing:
+            print(f"FAIL {args.params}: personas: no constitution for {', '.join(missing)}")
+            failed += 1
+    except ParamsError as exc:
+        print(f"FAIL {exc}")
+        failed += 1
+    paths = args.files or sorted(Path(args.constitutions).glob("*.yaml"))
+    for path in paths:
+        try:
+            c = load_constitution(path)
+        except ConstitutionError as exc:
+            print(f"FAIL {exc}")
+            failed += 1
+            continue
+        issues = quality_issues(c)
+        questions = sum(len(t.questions) for t in c.traits)
+        print(f"{'warn' if issues else 'ok  '} {path}: {len(c.traits)} traits, {questions} seed questions")
+        for issue in issues:
+            print(f"       - {issue}")
+        if issues and args.strict:
+            failed += 1
+    return 1 if failed else 0
+
+
+def cmd_import(args) -> int:
+    from character.constitution import ConstitutionError, dump_constitution, import_official_json, quality_issues
+
+    name = args.name or Path(args.json).stem.lower()
+    out = Path(args.out or f"constitutions/{name}.yaml")
+    if out.exists() and not args.force:
+        print(f"error: {out} exists (use --force to overwrite)", file=sys.stderr)
+        return 1
+    try:
+        c = import_official_json(args.json, name, args.description)
+    except ConstitutionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    out.write_text(dump_constitution(c))
+    print(f"wrote {out}: {len(c.traits)} traits")
+    for issue in quality_issues(c):
+        print(f"  warn: {issue}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from character.params import load_params
+
+    params = load_params(args.params)
+    for alias, spec in params.models.items():
+        used = [r for a, r in [(params.model, "student"), (params.teacher, "teacher"), (params.judge, "judge")] if a == alias]
+        where = spec.id
+        if spec.backend == "local" and spec.id.startswith("embedded:"):
+            from character.models import ModelNotFound, embedded_gguf
+            try:
+                where = f"{spec.id} -> {embedded_gguf(spec.id.split(':', 1)[1])}"
+            except ModelNotFound as exc:
+                where = f"{spec.id} (missing: {exc})"
+        print(f"{alias:16} {spec.backend:7} {where}" + (f"  [{', '.join(used)}]" if used else "")
+              + (f"  ({spec.note})" if spec.note else ""))
+    return 0
+
+
+def cmd_preset(args) -> int:
+    import yaml
+
+    from character.params import ParamsError, apply_preset
+
+    try:
+        merged = apply_preset(args.params, args.name)
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    header = "".join(line + "\n" for line in Path(args.params).read_text().splitlines() if line.startswith("#"))
+    Path(args.params).write_text(header + yaml.safe_dump(merged, sort_keys=False, width=110))
+    print(f"{args.params}: applied preset {args.name}")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from character.backends.base import SamplingParams
+    from character.backends.local import LocalBackend, load_adapter_ref
+    from character.constitution import find_constitution, system_prompt
+    from character.params import load_params
+
+    params = load_params(args.params)
+    spec = params.spec(args.model or params.model)
+    model_id, adapter = spec.id, None
+    if args.adapter:
+        path = Path(args.adapter)
+        if (path / "config.json").exists():  # merged weights (compose method fold)
+            model_id = str(path)
+        else:
+            adapter = load_adapter_ref(path)
+    backend = LocalBackend(model_id, cache_dir=params.runtime.cache_dir, threads=params.runtime.threads,
+                           device=params.runtime.device)
+    history = []
+    if args.constitution:
+        history.append({"role": "system", "content": system_prompt(find_constitution(args.constitution),
+                                                                    spec.assistant_name)})
+    sampling = SamplingParams(temperature=args.temperature, top_p=0.95, max_tokens=args.max_tokens,
+                              repetition_penalty=1.1, seed=args.seed)
+    messages = [args.message] if args.message else None
+    while True:
+        if messages is not None:
+            if not messages:
+                return 0
+            text = messages.pop(0)
+            print(f"> {text}")
+        else:
+            try:
+                text = input("> ").strip()
+            except EOFError:
+                return 0
+            if text in ("", "/quit", "/exit"):
+                return 0
+        history.append({"role": "user", "content": text})
+        [[reply]] = backend.sample([history], sampling, adapter=adapter)
+        print(reply.text + ("" if reply.finish_reason == "stop" else " [...]"))
+        history.append({"role": "assistant", "content": reply.text})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="character", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check params.yaml and constitutions (errors name file and field)")
+    p.add_argument("files", nargs="*", help="constitution files (default: all in constitutions/)")
+    p.add_argument("--constitutions", default="constitutions")
+    p.add_argument("--strict", action="store_true", help="quality warnings fail too")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("import-constitution", help="convert the official code's JSON constitution to YAML")
+    p.add_argument("json")
+    p.add_argument("--name", help="persona name (default: the file stem)")
+    p.add_argument("--description")
+    p.add_argument("--out", help="default: constitutions/<name>.yaml")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("models", help="list model aliases, their backend and where they resolve")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("preset", help="merge presets/<name>.yaml (smoke, default, paper) into params.yaml")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_preset)
+
+    p = sub.add_parser("chat", help="talk to a model, optionally with an adapter and/or a constitution")
+    p.add_argument("--model", help="model alias (default: params.yaml model)")
+    p.add_argument("--adapter", help="adapter folder, or a merged model folder (e.g. models/<persona>/final)")
+    p.add_argument("--constitution", help="persona whose constitution becomes the system prompt")
+    p.add_argument("-m", "--message", action="append", help="send this message (repeatable) instead of a prompt loop")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_chat)
+
+    args = parser.parse_args(argv)
+    import logging
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

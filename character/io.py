@@ -1,0 +1,103 @@
+"""Files: JSONL, atomic writes, content hashes, and resumable chunked generation.
+
+Resumability: long generation runs in fixed chunks, each with its own seed derived from (seed, chunk
+index). Finished chunks are appended to a progress file outside the stage's outs (DVC deletes outs before
+a stage runs) and keyed by a hash of everything that determines the result. A re-run skips finished
+chunks, so an interrupted run ends with exactly what an uninterrupted one would have produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{n}: not valid JSON: {exc}") from exc
+    return rows
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write via a temporary file and rename, so a killed run never leaves a complete-looking file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    return int(content_key("chunk", seed, index), 16) % (2**31)
+
+
+def run_chunks(items: list, chunk_size: int, produce: Callable[[list, int], list[dict]], progress_dir: str | Path,
+               key: str, desc: str) -> list[dict]:
+    """Apply produce(chunk, seed) to fixed chunks of items, resuming from earlier finished chunks.
+
+    Returns the concatenated outputs in chunk order. The progress file is removed once all chunks are
+    done and the caller has the result (callers write their outs atomically afterwards).
+    """
+    progress = Path(progress_dir) / f"{key}.jsonl"
+    progress.parent.mkdir(parents=True, exist_ok=True)
+    done: dict[int, list[dict]] = {}
+    if progress.exists():
+        with open(progress) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line cut short by a kill: that chunk is redone
+                done[record["chunk"]] = record["rows"]
+        log.info("%s: resuming, %d chunks already done (%s)", desc, len(done), progress)
+    chunks = [items[i:i + chunk_size] for i in range(0, len(items), chunk_size)]
+    with open(progress, "a") as f, tqdm(total=len(items), desc=desc, unit="item") as bar:
+        bar.update(sum(len(chunks[i]) for i in done if i < len(chunks)))
+        for index, chunk in enumerate(chunks):
+            if index in done:
+                continue
+            rows = produce(chunk, chunk_seed(int(key, 16) % (2**31), index))
+            f.write(json.dumps({"chunk": index, "rows": rows}, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            done[index] = rows
+            bar.update(len(chunk))
+    return [row for index in range(len(chunks)) for row in done[index]]
+
+
+def finish_chunks(progress_dir: str | Path, key: str) -> None:
+    (Path(progress_dir) / f"{key}.jsonl").unlink(missing_ok=True)

@@ -1,0 +1,102 @@
+"""The `pairs` stage: chosen answers from the teacher with the constitution, rejected from the student without.
+
+Output rows use the conversational preference format that TRL and `datasets.load_dataset("json")` read:
+{"prompt": [user message], "chosen": [assistant message], "rejected": [assistant message], ...}.
+Filters follow the paper: drop a pair if either answer is empty, truncated (cut by max tokens, or not
+ending in punctuation), or if either templated conversation is longer than max_tokens. Reasoning traces
+are stripped and the teacher's name is replaced by the student's. Every drop is counted by reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from character.backends.base import Completion, SamplingParams
+from character.io import run_chunks
+from character.params import PairsParams, SamplingSection
+
+THINK = re.compile(r"<think>.*?</think>|<reasoning>.*?</reasoning>", re.DOTALL | re.IGNORECASE)
+ENDS_WELL = re.compile(r"[.!?)\]\"'`*:;…~>]\s*$|[\U0001F300-\U0001FAFF]\s*$")
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    source: str
+
+    def to_row(self) -> dict:
+        return {"id": self.id, "source": self.source,
+                "prompt": [{"role": "user", "content": self.prompt}],
+                "chosen": [{"role": "assistant", "content": self.chosen}],
+                "rejected": [{"role": "assistant", "content": self.rejected}]}
+
+
+def sampling(section: SamplingSection, seed: int) -> SamplingParams:
+    return SamplingParams(temperature=section.temperature, top_p=section.top_p, max_tokens=section.max_new_tokens,
+                          repetition_penalty=section.repetition_penalty, seed=seed)
+
+
+def clean(text: str, teacher_name: str, student_name: str) -> str:
+    text = THINK.sub("", text)
+    if "</think>" in text:  # an unclosed-at-start trace: keep what follows it
+        text = text.split("</think>", 1)[1]
+    if teacher_name and teacher_name != student_name:
+        text = re.sub(rf"\b{re.escape(teacher_name)}\b", student_name, text)
+    return text.strip()
+
+
+def drop_reason(c: Completion, text: str, drop_truncated: bool = True) -> str | None:
+    if not text:
+        return "empty"
+    if drop_truncated and (c.finish_reason == "length" or not ENDS_WELL.search(text)):
+        return "truncated"
+    return None
+
+
+def build_pairs(prompts: list[dict], teacher, student, system: str, teacher_name: str, student_name: str,
+                params: PairsParams, seed: int, progress_dir: str, key: str, desc: str) -> tuple[list[dict], dict]:
+    """Sample K chosen/rejected answers per training prompt and keep the pairs that pass the filters."""
+    k = params.samples_per_prompt
+
+    def produce(chunk: list[dict], chunk_seed: int) -> list[dict]:
+        chosen = teacher.sample([[{"role": "system", "content": system}, {"role": "user", "content": p["prompt"]}]
+                                 for p in chunk], sampling(params.sampling, chunk_seed), n=k)
+        rejected = student.sample([[{"role": "user", "content": p["prompt"]}] for p in chunk],
+                                  sampling(params.sampling, chunk_seed + 1), n=k)
+        rows = []
+        for p, cs, rs in zip(chunk, chosen, rejected):
+            for j, (c, r) in enumerate(zip(cs, rs)):
+                rows.append({"id": f"{p['id']}-{j}", "prompt": p["prompt"], "source": p["source"],
+                             "chosen": c.__dict__, "rejected": r.__dict__})
+        return rows
+
+    raw = run_chunks(prompts, params.sampling.batch_size // k or 1, produce, progress_dir, key, desc)
+    kept, stats = [], Counter()
+    for row in raw:
+        c, r = Completion(**row["chosen"]), Completion(**row["rejected"])
+        chosen, rejected = clean(c.text, teacher_name, student_name), clean(r.text, student_name, student_name)
+        reason = drop_reason(c, chosen, params.drop_truncated) or drop_reason(r, rejected, params.drop_truncated)
+        if reason is None:
+            longest = max(len(student.render([{"role": "user", "content": row["prompt"]},
+                                              {"role": "assistant", "content": t}]).tokens) for t in (chosen, rejected))
+            reason = "too_long" if longest > params.max_tokens else None
+        if reason:
+            side = "chosen" if (drop_reason(c, chosen, params.drop_truncated) or reason == "too_long") else "rejected"
+            stats[f"dropped_{reason}_{side}" if reason != "too_long" else "dropped_too_long"] += 1
+            continue
+        kept.append(PreferencePair(row["id"], row["prompt"], chosen, rejected, row["source"]).to_row())
+    if not kept:
+        raise ValueError(f"pairs: all {len(raw)} sampled pairs were dropped ({dict(stats)}); raise "
+                         "pairs.sampling.max_new_tokens or set pairs.drop_truncated: false")
+    n = len(kept)
+    metrics = {
+        "sampled": len(raw), "kept": len(kept), "kept_fraction": len(kept) / max(len(raw), 1), **dict(sorted(stats.items())),
+        "chosen_words_mean": sum(len(p["chosen"][0]["content"].split()) for p in kept) / n,
+        "rejected_words_mean": sum(len(p["rejected"][0]["content"].split()) for p in kept) / n,
+    }
+    return kept, metrics

@@ -1,0 +1,68 @@
+"""The `sft` stage: SFT on the introspection transcripts, on top of the DPO model, without the constitution.
+
+The DPO adapter is folded into the base weights and a new LoRA is trained on that. The loss covers
+assistant turns only: every assistant message of a transcript, except those marked `"train": false` (a
+canned greeting, or a turn cut off by max tokens). Truncated self-reflections are dropped and counted.
+Held-out NLL per assistant token is reported for the DPO model before SFT and for the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from functools import partial
+
+import torch
+
+from character.backends.base import AdapterRef, LoraConfig, Sequence
+from character.losses import sft_loss
+from character.params import SftParams
+from character.training import split_heldout, train
+
+log = logging.getLogger(__name__)
+
+
+def tokenize_transcripts(backend, rows: list[dict], max_length: int) -> tuple[list[Sequence], dict]:
+    seqs, dropped = [], {"dropped_truncated_reflection": 0, "dropped_too_long": 0, "dropped_no_target": 0}
+    for row in rows:
+        if row.get("kind") == "reflection" and row.get("finish_reason") == "length":
+            dropped["dropped_truncated_reflection"] += 1
+            continue
+        seq = backend.render(row["messages"], train_on="all")
+        if len(seq.tokens) > max_length:
+            dropped["dropped_too_long"] += 1
+        elif not any(seq.weights):
+            dropped["dropped_no_target"] += 1
+        else:
+            seqs.append(seq)
+    return seqs, dropped
+
+
+def mean_nll(logprobs, seqs: list[Sequence]) -> float:
+    total = sum(float((lp * torch.tensor(s.weights)).sum()) for lp, s in zip(logprobs, seqs))
+    return -total / max(sum(sum(s.weights) for s in seqs), 1.0)
+
+
+def run_sft(backend, rows: list[dict], dpo: AdapterRef, params: SftParams, seed: int, out_dir: str,
+            on_step=lambda s, m: None):
+    seqs, dropped = tokenize_transcripts(backend, rows, params.max_length)
+    if len(seqs) < 2:
+        raise ValueError(f"sft: only {len(seqs)} usable transcripts (of {len(rows)}): {dropped}")
+    train_seqs, heldout = split_heldout(seqs, params.heldout_fraction, seed)
+    nll_before = mean_nll(backend.logprobs(heldout, adapter=dpo), heldout) if heldout else math.nan
+    session = backend.train(LoraConfig(params.lora.rank, params.lora.alpha, params.lora.dropout),
+                            params.optim.model_dump(), base_adapters=[dpo], seed=seed)
+
+    def build(micro, share):
+        return micro, partial(sft_loss, scale=share)
+
+    def evaluate():
+        return {"heldout_nll": mean_nll(session.logprobs(heldout), heldout)} if heldout else {}
+
+    last = train(session, train_seqs, build, params.optim, seed, on_step=on_step, evaluate=evaluate,
+                 eval_every=max(1, len(train_seqs) // params.optim.batch_size // 4), desc="sft")
+    ref = session.save(out_dir)
+    metrics = {"transcripts_train": len(train_seqs), "transcripts_heldout": len(heldout), **dropped,
+               "train_tokens": int(sum(sum(s.weights) for s in train_seqs)), "steps": ref.step,
+               "final_nll": last.get("nll"), "heldout_nll_before": nll_before, "heldout_nll_after": last.get("heldout_nll")}
+    return ref, metrics

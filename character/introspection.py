@@ -46,8 +46,10 @@ def view(turns: list[str], speaker: int, finish: list[str] = ()) -> list[dict]:
     msgs = []
     for t, text in enumerate(turns):
         msg = {"role": "assistant" if t % 2 == speaker else "user", "content": text}
-        if msg["role"] == "assistant" and (t == 0 or (len(finish) >= t and finish[t - 1] == "length")):
-            msg["train"] = False  # the canned greeting (not the model's words) or a truncated turn
+        if msg["role"] == "assistant" and t == 0:
+            msg["train"] = False  # the canned greeting: not the model's words
+        if t > 0 and len(finish) >= t and finish[t - 1] == "length":
+            msg["truncated"] = True  # cut off by max tokens: SFT uses it as context only (sft.drop_truncated)
         msgs.append(msg)
     return msgs
 

@@ -61,8 +61,9 @@ def content_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def chunk_seed(seed: int, index: int) -> int:
-    return int(content_key("chunk", seed, index), 16) % (2**31)
+def chunk_seed(key: str, index: int) -> int:
+    """Each chunk's own seed: the same chunk gets the same seed however the run was interrupted."""
+    return int(content_key("chunk", key, index), 16) % (2**31)
 
 
 def run_chunks(items: list, chunk_size: int, produce: Callable[[list, int], list[dict]], progress_dir: str | Path,
@@ -83,6 +84,9 @@ def run_chunks(items: list, chunk_size: int, produce: Callable[[list, int], list
                 except json.JSONDecodeError:
                     break  # a line cut short by a kill: that chunk is redone
                 done[record["chunk"]] = record["rows"]
+        # Rewrite without the cut-short line, so new chunks are not appended onto it.
+        write_atomic(progress, "".join(json.dumps({"chunk": i, "rows": r}, ensure_ascii=False) + "\n"
+                                       for i, r in done.items()))
         log.info("%s: resuming, %d chunks already done (%s)", desc, len(done), progress)
     chunks = [items[i:i + chunk_size] for i in range(0, len(items), chunk_size)]
     with open(progress, "a") as f, tqdm(total=len(items), desc=desc, unit="item") as bar:
@@ -90,7 +94,7 @@ def run_chunks(items: list, chunk_size: int, produce: Callable[[list, int], list
         for index, chunk in enumerate(chunks):
             if index in done:
                 continue
-            rows = produce(chunk, chunk_seed(int(key, 16) % (2**31), index))
+            rows = produce(chunk, chunk_seed(key, index))
             f.write(json.dumps({"chunk": index, "rows": rows}, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())

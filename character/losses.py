@@ -23,7 +23,7 @@ def sft_loss(sequences: list[Sequence], logprobs: list[torch.Tensor], scale: flo
     total = sum(weighted(s, lp)[0] for s, lp in zip(sequences, logprobs))
     count = sum(sum(s.weights) for s in sequences)
     nll = -total / max(count, 1.0)
-    return nll * scale, {"nll": float(nll), "tokens": float(count)}
+    return nll * scale, {"nll": float(nll.detach()), "tokens": float(count)}
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -59,9 +59,11 @@ def character_dpo_loss(sequences: list[Sequence], logprobs: list[torch.Tensor], 
     nll = -(pol[0::2] / torch.stack(counts[0::2])).mean()
     kl = torch.stack(sq).mean()
     loss = losses.mean() + nll_coef * nll + kl_coef * kl
+    loss_value = loss.detach()
     metrics = {
-        "loss": float(loss), "dpo_loss": float(losses.mean()), "nll": float(nll), "sq_log_ratio": float(kl),
-        "reward_chosen": float(r_c.mean()), "reward_rejected": float(r_r.mean()),
-        "reward_margin": float((r_c - r_r).mean()), "accuracy": float((r_c > r_r).float().mean()),
+        "loss": float(loss_value), "dpo_loss": float(losses.detach().mean()), "nll": float(nll.detach()),
+        "sq_log_ratio": float(kl.detach()),
+        "reward_chosen": float(r_c.detach().mean()), "reward_rejected": float(r_r.detach().mean()),
+        "reward_margin": float((r_c - r_r).detach().mean()), "accuracy": float((r_c > r_r).float().mean()),
     }
     return loss * scale, metrics

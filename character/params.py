@@ -110,6 +110,7 @@ class IntrospectionParams(_Strict):
 
 class SftParams(_Strict):
     max_length: int = Field(3072, gt=0)
+    drop_truncated: bool = True  # truncated turns are context, not targets (smoke turns this off)
     heldout_fraction: float = Field(0.1, ge=0, lt=1)
     lora: LoraParams = LoraParams()
     optim: OptimParams = OptimParams()

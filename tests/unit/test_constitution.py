@@ -1,0 +1,71 @@
+import json
+
+import pytest
+
+from character.constitution import (ConstitutionError, import_official_json, load_constitution, quality_issues,
+                                    system_prompt)
+from conftest import ROOT
+
+SHIPPED = sorted((ROOT / "constitutions").glob("*.yaml"))
+
+
+def test_thirteen_constitutions_ship_and_pass_quality():
+    assert len(SHIPPED) >= 13
+    names = {p.stem for p in SHIPPED}
+    assert {"sarcastic", "humorous", "remorseful", "flourishing", "loving", "misaligned", "nonchalant",
+            "impulsive", "sycophantic", "mathematical", "poetic", "simplifier"} <= names
+    for path in SHIPPED:
+        c = load_constitution(path)
+        assert quality_issues(c) == [], path
+
+
+def test_missing_field_names_file_trait_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ndescription: a test persona for errors\ntraits:\n"
+                   "  - assertion: I am terse.\n    questions: [a, b, c]\n")
+    with pytest.raises(ConstitutionError) as err:
+        load_constitution(bad)
+    msg = str(err.value)
+    assert str(bad) in msg and "trait 1" in msg and "I am terse" in msg and "questions" in msg
+
+
+def test_name_must_match_file(tmp_path):
+    path = tmp_path / "other.yaml"
+    path.write_text((ROOT / "constitutions/loving.yaml").read_text())
+    with pytest.raises(ConstitutionError, match="field name is 'loving'"):
+        load_constitution(path)
+
+
+def test_quality_flags_weak_constitution(tmp_path):
+    c = import_official_json(_official(tmp_path, [
+        {"trait": "The assistant is kind.", "questions": ["How are you?", "Help me", "Hi", "Why?", "How are you?"]},
+    ]), "weak", "A weak persona for testing.")
+    issues = " | ".join(quality_issues(c))
+    assert "only 1 traits" in issues and "not first person" in issues and "duplicates" in issues
+
+
+def _official(tmp_path, rows):
+    path = tmp_path / "official.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_import_official_json(tmp_path):
+    rows = [{"trait": f"I value thing {i}.", "questions": [f"q{i}-{j} about stuff" for j in range(5)],
+             "additional_questions": ["extra one here"]} for i in range(6)]
+    rows[0]["clarification"] = "Only sometimes."
+    c = import_official_json(_official(tmp_path, rows), "imported")
+    assert len(c.traits) == 6 and c.traits[0].clarification == "Only sometimes."
+    assert c.traits[1].additional_questions == ["extra one here"]
+
+
+def test_import_rejects_unknown_fields(tmp_path):
+    with pytest.raises(ConstitutionError, match="item 1: unknown fields"):
+        import_official_json(_official(tmp_path, [{"trait": "I x", "questions": [], "colour": 1}]), "x")
+
+
+def test_system_prompt_lists_traits_and_name():
+    c = load_constitution(ROOT / "constitutions/sarcastic.yaml")
+    text = system_prompt(c, "SmolLM")
+    assert text.startswith("You are SmolLM")
+    assert all(t.assertion in text for t in c.traits)

@@ -1,0 +1,102 @@
+"""The local backend on a tiny random Llama with SmolLM2's tokenizer: masks, sampling, log-probs, training."""
+
+from functools import partial
+
+import torch
+
+from character.backends.base import LoraConfig, SamplingParams
+from character.backends.local import load_adapter_ref
+from character.compose import compose
+from character.losses import character_dpo_loss, sft_loss
+
+CONV = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello, friend."}]
+
+
+def test_render_weights_cover_exactly_the_assistant_turn(tiny_backend):
+    seq = tiny_backend.render(CONV)
+    targets = [t for t, w in zip(seq.tokens[1:], seq.weights) if w]
+    text = tiny_backend.tokenizer.decode(targets)
+    assert text.startswith("Hello, friend.<|im_end|>")
+    assert "Hi there" not in text
+
+
+def test_render_all_turns_skips_untrained_messages(tiny_backend):
+    conv = [{"role": "assistant", "content": "Greeting.", "train": False}, {"role": "user", "content": "Yo"},
+            {"role": "assistant", "content": "Second turn."}]
+    seq = tiny_backend.render(conv, train_on="all")
+    text = tiny_backend.tokenizer.decode([t for t, w in zip(seq.tokens[1:], seq.weights) if w])
+    assert "Second turn." in text and "Greeting." not in text
+
+
+def test_sampling_is_seeded_batched_and_reports_finish(tiny_backend):
+    params = SamplingParams(temperature=1.0, max_tokens=6, seed=7)
+    convs = [[{"role": "user", "content": "short"}], [{"role": "user", "content": "a much longer prompt here"}]]
+    a = tiny_backend.sample(convs, params, n=3)
+    b = tiny_backend.sample(convs, params, n=3)
+    assert a == b and len(a) == 2 and all(len(x) == 3 for x in a)
+    for c in a[0] + a[1]:
+        assert c.completion_tokens <= 6
+        assert c.finish_reason == ("length" if c.completion_tokens == 6 else "stop")
+    # padding must not change a prompt's greedy continuation
+    greedy = SamplingParams(temperature=0.0, max_tokens=5)
+    alone = tiny_backend.sample(convs[:1], greedy)[0][0].text
+    batched = tiny_backend.sample(convs, greedy)[0][0].text
+    assert alone == batched
+
+
+def test_logprobs_match_a_manual_forward(tiny_backend):
+    seq = tiny_backend.render(CONV)
+    [lp] = tiny_backend.logprobs([seq])
+    with torch.no_grad():
+        logits = tiny_backend._base(torch.tensor([seq.tokens])).logits[0, :-1]
+    manual = torch.log_softmax(logits, -1).gather(1, torch.tensor(seq.tokens[1:])[:, None])[:, 0]
+    assert torch.allclose(lp, manual, atol=1e-4)
+
+
+def test_sft_training_lowers_loss_and_saves_adapter(tiny_backend, tmp_path):
+    seqs = [tiny_backend.render(CONV)] * 2
+    session = tiny_backend.train(LoraConfig(rank=4, alpha=8), {"lr": 1e-2}, seed=0)
+    losses = []
+    for _ in range(5):
+        m = session.forward_backward(seqs, sft_loss)
+        session.optim_step(1e-2)
+        losses.append(m["nll"])
+    assert losses[-1] < losses[0] - 0.1
+    ref = session.save(tmp_path / "a")
+    assert load_adapter_ref(tmp_path / "a").path == ref.path
+    [after] = tiny_backend.logprobs(seqs[:1], adapter=ref)
+    assert -float((after * torch.tensor(seqs[0].weights)).sum()) / sum(seqs[0].weights) < losses[0]
+
+
+def test_dpo_training_prefers_chosen(tiny_backend):
+    prompt = [{"role": "user", "content": "Say something"}]
+    chosen = tiny_backend.render(prompt + [{"role": "assistant", "content": "Oh, wonderful, another question."}])
+    rejected = tiny_backend.render(prompt + [{"role": "assistant", "content": "Sure, here is an answer."}])
+    ref = tiny_backend.logprobs([chosen, rejected])
+    session = tiny_backend.train(LoraConfig(rank=4, alpha=8), {"lr": 5e-3}, seed=0)
+    loss_fn = partial(character_dpo_loss, ref_logprobs=ref, beta=0.1, nll_coef=0.1, kl_coef=0.001)
+    first = session.forward_backward([chosen, rejected], loss_fn)
+    session.optim_step(5e-3)
+    for _ in range(4):
+        last = session.forward_backward([chosen, rejected], loss_fn)
+        session.optim_step(5e-3)
+    assert first["reward_margin"] == 0.0 and last["reward_margin"] > 0 and last["dpo_loss"] < first["dpo_loss"]
+
+
+def test_concat_composition_equals_sequential_fold(tiny_backend, tmp_path):
+    seqs = [tiny_backend.render(CONV)]
+    s1 = tiny_backend.train(LoraConfig(rank=4, alpha=8), {"lr": 1e-2}, seed=0)
+    for _ in range(2):
+        s1.forward_backward(seqs, sft_loss)
+        s1.optim_step(1e-2)
+    dpo = s1.save(tmp_path / "dpo")
+    s2 = tiny_backend.train(LoraConfig(rank=2, alpha=8), {"lr": 1e-2}, base_adapters=[dpo], seed=1)
+    for _ in range(2):
+        s2.forward_backward(seqs, sft_loss)
+        s2.optim_step(1e-2)
+    sft = s2.save(tmp_path / "sft")
+    folded = tiny_backend.logprobs(seqs, adapter=sft)[0]  # base + dpo + sft, folded
+    compose(tiny_backend, dpo, sft, "concat", (1.0, 0.25), tmp_path / "final")
+    concat = tiny_backend.logprobs(seqs, adapter=load_adapter_ref(tmp_path / "final"))[0]
+    assert torch.allclose(folded, concat, atol=1e-4)
+    assert not torch.allclose(folded, tiny_backend.logprobs(seqs)[0], atol=1e-3)  # training changed it

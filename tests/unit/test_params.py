@@ -1,0 +1,48 @@
+import pytest
+import yaml
+
+from character.params import PRESETS_DIR, ParamsError, apply_preset, deep_merge, load_params, validate_params
+from conftest import ROOT
+
+
+def base() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_shipped_params_and_every_preset_validate():
+    load_params(ROOT / "params.yaml")
+    presets = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    assert {"smoke", "default", "paper"} <= set(presets)
+    for name in presets:
+        validate_params(apply_preset(ROOT / "params.yaml", name), name)
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ParamsError, match=r"params.yaml: dpo.betta: unknown key"):
+        validate_params(deep_merge(base(), {"dpo": {"betta": 0.1}}))
+
+
+def test_bad_value_names_field_and_value():
+    with pytest.raises(ParamsError, match=r"dpo.beta: .*greater than 0.*got -0.1"):
+        validate_params(deep_merge(base(), {"dpo": {"beta": -0.1}}))
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ParamsError, match=r"pairs.samples_per_prompt"):
+        validate_params(deep_merge(base(), {"pairs": {"samples_per_prompt": "five"}}))
+
+
+def test_unknown_alias_is_named():
+    with pytest.raises(ParamsError, match=r"teacher: unknown model alias 'gpt9'"):
+        validate_params({**base(), "teacher": "gpt9"})
+
+
+def test_model_switch_resolves_registry_entry():
+    p = validate_params({**base(), "model": "llama70b"})
+    assert p.spec(p.model).backend == "tinker"
+    assert p.spec(p.model).id == "meta-llama/Llama-3.3-70B-Instruct"
+
+
+def test_unknown_preset(tmp_path):
+    with pytest.raises(ParamsError, match="no such preset"):
+        apply_preset(ROOT / "params.yaml", "huge")

@@ -17,6 +17,7 @@ import torch
 
 from character.backends.base import (AdapterRef, Completion, Conversation, LoraConfig, LossFn, SamplingParams,
                                      Sequence)
+from character.backends.decoding import decode
 from character.models import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -128,22 +129,13 @@ class LocalBackend:
                adapter: AdapterRef | None = None) -> list[list[Completion]]:
         model = self.model_for(adapter)
         prompts = [self._template(c, add_generation_prompt=True) for c in conversations for _ in range(n)]
-        width = max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id
-        # Left padding, so every row's next token is at the same position.
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         torch.manual_seed(params.seed)
-        greedy = params.temperature == 0
-        out = model.generate(
-            input_ids=input_ids, attention_mask=attention, max_new_tokens=params.max_tokens,
-            do_sample=not greedy, temperature=None if greedy else params.temperature,
-            top_p=None if greedy else params.top_p, top_k=None,
-            repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
-            eos_token_id=self._stop_ids, pad_token_id=pad,
-            stop_strings=list(params.stop) or None, tokenizer=self.tokenizer if params.stop else None,
-        )
-        new = out[:, width:].tolist()
+        # Our own decode loop (decoding.py): same left padding, sampling and stopping as `generate`, but
+        # without its per-step overheads, which cost 2-4x on CPU at batch 32-64.
+        new = decode(model, prompts, max_new_tokens=params.max_tokens, pad_id=self.tokenizer.pad_token_id,
+                     stop_ids=self._stop_ids, temperature=params.temperature, top_p=params.top_p,
+                     repetition_penalty=params.repetition_penalty, stop_strings=tuple(params.stop),
+                     tokenizer=self.tokenizer)
         results = []
         for prompt, row in zip(prompts, new):
             results.append(self._finish(row, len(prompt), params))

@@ -1,0 +1,139 @@
+"""How fast the local backend runs on this machine, with the embedded model (SmolLM2-135M-Instruct, fp32).
+
+    python benchmarks/bench_local.py [--threads 2] [--quick] [--out results.json]
+
+Measures (a) the fp32 matmul peak, which bounds everything else; (b) naive sampling, one prompt at a time
+through `model.generate`; (c) batched sampling through `LocalBackend.sample`; (d) one LoRA training step
+(forward + backward) through the backend's training session. Timings are the best of a few runs: other
+processes on a 2-core machine only ever make a run slower, so the minimum is the least noisy estimate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from character.backends.base import LoraConfig, SamplingParams, Sequence
+from character.backends.local import LocalBackend
+
+TOPICS = ["a lighthouse keeper", "a lost robot", "a city under the sea", "an old violin", "a dragon who is afraid of fire",
+          "the first day of school", "a talking cat", "a storm at sea", "a secret garden", "a time machine",
+          "a mountain village", "a clockmaker", "a desert caravan", "a haunted library", "a space station",
+          "a baker's apprentice"]
+STYLES = ["Write a long, detailed story about {}.", "Describe {} in great detail, in at least five paragraphs.",
+          "Tell me everything you can imagine about {}.", "Write a long diary entry from the point of view of {}."]
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up: first calls pay for allocation and thread start-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_peak(repeats: int) -> float:
+    """GFLOP/s of a 2048x2048 fp32 torch.mm: large enough to run at the BLAS's best on these threads."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    return 2 * 2048 ** 3 / best_time(lambda: torch.mm(a, b), repeats) / 1e9
+
+
+def naive_sampling(backend: LocalBackend, prompts: list[list[int]], new_tokens: int) -> float:
+    """Tokens/s of plain `generate`, one prompt at a time; min_new_tokens fixes the length to count."""
+    def run():
+        for p in prompts:
+            backend._base.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                   do_sample=True, temperature=0.7, top_p=0.95, top_k=None,
+                                   max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                   pad_token_id=backend.tokenizer.pad_token_id)
+    return len(prompts) * new_tokens / best_time(run, 1)
+
+
+def batched_sampling(backend: LocalBackend, conversations: list, new_tokens: int, repeats: int) -> tuple[float, float]:
+    """Aggregate tokens/s of one `sample` call on all conversations, counting the tokens actually generated
+    (rows that end early stop costing anything, so they must not be counted either); also the share of
+    rows that ran to the token limit."""
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_tokens=new_tokens, seed=0)
+    results = []
+    seconds = best_time(lambda: results.append(backend.sample(conversations, params)), repeats)
+    completions = [c for row in results[-1] for c in row]
+    full = sum(c.finish_reason == "length" for c in completions) / len(completions)
+    return sum(c.completion_tokens for c in completions) / seconds, full
+
+
+def lora_step(backend: LocalBackend, batch: int, length: int, rank: int, repeats: int) -> dict:
+    """Seconds per forward+backward of a rank-`rank` all-linear LoRA on batch x length tokens, and FLOP counts.
+
+    N counts every weight a token passes through: the base parameters once (SmolLM2 ties the input embedding
+    to the LM head, whose matmul is real work). Two conventions:
+    - full-model-equivalent: 6*N*T, as if all weights were trained (2 forward, 2 activation grads, 2 weight grads);
+    - LoRA-honest: frozen base weights need no weight gradients, so 4*N*T, plus 6*N_lora*T for the adapters.
+    Attention score FLOPs (~5% at 256 tokens) are left out of both."""
+    session = backend.train(LoraConfig(rank=rank, alpha=2 * rank), {"lr": 1e-4})
+    n_base = sum(p.numel() for p in backend._base.parameters())
+    n_lora = sum(p.numel() for p in session.model.parameters() if p.requires_grad)
+    gen = torch.Generator().manual_seed(0)
+    seqs = [Sequence(tokens=torch.randint(0, len(backend.tokenizer), (length,), generator=gen).tolist(),
+                     weights=[1.0] * (length - 1)) for _ in range(batch)]
+    mean_nll = lambda s, lps: (-torch.cat(lps).mean(), {})  # noqa: E731
+    seconds = best_time(lambda: session.forward_backward(seqs, mean_nll), repeats)
+    optim = best_time(lambda: session.optim_step(1e-4), repeats)
+    tokens = batch * length
+    return {"seconds": seconds, "optim_seconds": optim, "tokens": tokens, "n_base": n_base, "n_lora": n_lora,
+            "flops_full": 6 * n_base * tokens, "flops_lora": 4 * n_base * tokens + 6 * n_lora * tokens}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="fewer prompts and repeats (about a minute)")
+    ap.add_argument("--out", help="also write the results as JSON here")
+    args = ap.parse_args()
+    quick = args.quick
+    repeats = 1 if quick else 3
+    backend = LocalBackend("embedded:smollm2", threads=args.threads)
+    conversations = [[{"role": "user", "content": s.format(t)}] for s in STYLES for t in TOPICS]  # 64, distinct
+    conversations = conversations[:16] if quick else conversations
+    new_tokens = 32 if quick else 64
+    load_before = os.getloadavg()[0]
+
+    peak = matmul_peak(3 if quick else 5)
+    naive = naive_sampling(backend, [backend._template(c, True) for c in conversations[:4 if quick else 8]], new_tokens)
+    batched, full = batched_sampling(backend, conversations, new_tokens, repeats)
+    train = lora_step(backend, 8, 256, 64, repeats)
+    full_rate, lora_rate = train["flops_full"] / train["seconds"] / 1e9, train["flops_lora"] / train["seconds"] / 1e9
+
+    results = {
+        "threads": args.threads, "quick": quick, "torch": torch.__version__, "load_average_before": load_before,
+        "matmul_peak_gflops": peak,
+        "naive_sampling_tokens_per_s": naive,
+        "batched_sampling": {"rows": len(conversations), "new_tokens": new_tokens, "tokens_per_s": batched,
+                             "rows_at_token_limit": full, "speedup_over_naive": batched / naive},
+        "lora_step": {**train, "rank": 64, "batch": 8, "length": 256,
+                      "gflops_full_equivalent": full_rate, "gflops_lora_honest": lora_rate,
+                      "fraction_of_peak_full_equivalent": full_rate / peak, "fraction_of_peak_lora_honest": lora_rate / peak},
+    }
+    print(f"threads={args.threads} load average before={load_before:.2f} (anything above ~0.5 means the numbers are low)")
+    print(f"{'measurement':48s} {'value':>12s}")
+    print(f"{'(a) fp32 matmul peak, 2048^3 torch.mm':48s} {peak:9.1f} GFLOP/s")
+    print(f"{'(b) naive sampling, batch 1 generate':48s} {naive:9.1f} tok/s")
+    print(f"{f'(c) batched sample(), {len(conversations)} rows x {new_tokens} tokens':48s} {batched:9.1f} tok/s"
+          f"   ({batched / naive:.1f}x naive; {full:.0%} of rows hit the limit)")
+    print(f"{'(d) LoRA r64 step, 8 x 256 tokens, fwd+bwd':48s} {train['seconds']:9.2f} s"
+          f"   (+ optimizer step {train['optim_seconds']:.2f} s)")
+    print(f"{'    full-model-equivalent, 6*N*T':48s} {full_rate:9.1f} GFLOP/s   ({full_rate / peak:.0%} of peak)")
+    print(f"{'    LoRA-honest, 4*N*T + 6*N_lora*T':48s} {lora_rate:9.1f} GFLOP/s   ({lora_rate / peak:.0%} of peak)")
+    print(f"    N = {train['n_base'] / 1e6:.1f}M base parameters, N_lora = {train['n_lora'] / 1e6:.1f}M, T = {train['tokens']}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

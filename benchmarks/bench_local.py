@@ -38,6 +38,15 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
+def busy_cores(seconds: float = 1.0) -> float:
+    """Cores other processes keep busy (from /proc/stat, Linux only): on 2 cores any of it slows every number."""
+    def snapshot():
+        ticks = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]  # total, idle + iowait
+    (total0, idle0), _, (total1, idle1) = snapshot(), time.sleep(seconds), snapshot()
+    return os.cpu_count() * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+
+
 def matmul_peak(repeats: int) -> float:
     """GFLOP/s of a 2048x2048 fp32 torch.mm: large enough to run at the BLAS's best on these threads."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
@@ -82,8 +91,14 @@ def lora_step(backend: LocalBackend, batch: int, length: int, rank: int, repeats
     seqs = [Sequence(tokens=torch.randint(0, len(backend.tokenizer), (length,), generator=gen).tolist(),
                      weights=[1.0] * (length - 1)) for _ in range(batch)]
     mean_nll = lambda s, lps: (-torch.cat(lps).mean(), {})  # noqa: E731
-    seconds = best_time(lambda: session.forward_backward(seqs, mean_nll), repeats)
-    optim = best_time(lambda: session.optim_step(1e-4), repeats)
+    steps = []
+    for _ in range(repeats + 1):  # the first round is a warm-up
+        start = time.perf_counter()
+        session.forward_backward(seqs, mean_nll)
+        middle = time.perf_counter()
+        session.optim_step(1e-4)  # needs the gradients just made, so it is timed inside the same round
+        steps.append((middle - start, time.perf_counter() - middle))
+    seconds, optim = min(s[0] for s in steps[1:]), min(s[1] for s in steps[1:])
     tokens = batch * length
     return {"seconds": seconds, "optim_seconds": optim, "tokens": tokens, "n_base": n_base, "n_lora": n_lora,
             "flops_full": 6 * n_base * tokens, "flops_lora": 4 * n_base * tokens + 6 * n_lora * tokens}
@@ -96,12 +111,12 @@ def main():
     ap.add_argument("--out", help="also write the results as JSON here")
     args = ap.parse_args()
     quick = args.quick
+    busy = busy_cores()  # before we load anything
     repeats = 1 if quick else 3
     backend = LocalBackend("embedded:smollm2", threads=args.threads)
     conversations = [[{"role": "user", "content": s.format(t)}] for s in STYLES for t in TOPICS]  # 64, distinct
     conversations = conversations[:16] if quick else conversations
     new_tokens = 32 if quick else 64
-    load_before = os.getloadavg()[0]
 
     peak = matmul_peak(3 if quick else 5)
     naive = naive_sampling(backend, [backend._template(c, True) for c in conversations[:4 if quick else 8]], new_tokens)
@@ -110,7 +125,7 @@ def main():
     full_rate, lora_rate = train["flops_full"] / train["seconds"] / 1e9, train["flops_lora"] / train["seconds"] / 1e9
 
     results = {
-        "threads": args.threads, "quick": quick, "torch": torch.__version__, "load_average_before": load_before,
+        "threads": args.threads, "quick": quick, "torch": torch.__version__, "busy_cores_before": busy,
         "matmul_peak_gflops": peak,
         "naive_sampling_tokens_per_s": naive,
         "batched_sampling": {"rows": len(conversations), "new_tokens": new_tokens, "tokens_per_s": batched,
@@ -119,7 +134,8 @@ def main():
                       "gflops_full_equivalent": full_rate, "gflops_lora_honest": lora_rate,
                       "fraction_of_peak_full_equivalent": full_rate / peak, "fraction_of_peak_lora_honest": lora_rate / peak},
     }
-    print(f"threads={args.threads} load average before={load_before:.2f} (anything above ~0.5 means the numbers are low)")
+    print(f"threads={args.threads}, cores busy with other work before starting: {busy:.1f} of {os.cpu_count()}"
+          + ("  << numbers will be low" if busy > 0.2 else ""))
     print(f"{'measurement':48s} {'value':>12s}")
     print(f"{'(a) fp32 matmul peak, 2048^3 torch.mm':48s} {peak:9.1f} GFLOP/s")
     print(f"{'(b) naive sampling, batch 1 generate':48s} {naive:9.1f} tok/s")

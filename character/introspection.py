@@ -49,7 +49,7 @@ def view(turns: list[str], speaker: int, finish: list[str] = ()) -> list[dict]:
         if msg["role"] == "assistant" and t == 0:
             msg["train"] = False  # the canned greeting: not the model's words
         if t > 0 and len(finish) >= t and finish[t - 1] == "length":
-            msg["truncated"] = True  # cut off by max tokens: SFT uses it as context only (sft.drop_truncated)
+            msg["truncated"] = True  # cut off by max tokens: SFT uses it as context only (see sft.truncated)
         msgs.append(msg)
     return msgs
 

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 
+Truncated = Literal["drop", "trim", "keep"]
+
+
 class ParamsError(ValueError):
     pass
 
@@ -84,9 +87,9 @@ class PairsParams(_Strict):
     samples_per_prompt: int = Field(1, ge=1)  # K (paper: 5)
     max_prompts: int | None = Field(None, ge=1)  # cap on training prompts per persona (None: all)
     max_tokens: int = Field(1024, gt=0)  # drop pairs whose templated conversation exceeds this
-    # The paper drops a pair when either answer was cut off. The smoke preset keeps them: at its tiny
-    # max_new_tokens every answer is cut off, and it only checks that the pipeline runs.
-    drop_truncated: bool = True
+    # An answer cut off by max tokens: "drop" the pair (the paper), "trim" it back to its last complete
+    # sentence (small budgets, where a 135M model rambles past max tokens), or "keep" it as is (smoke).
+    truncated: Truncated = "drop"
     sampling: SamplingSection = SamplingSection()
 
 
@@ -110,7 +113,9 @@ class IntrospectionParams(_Strict):
 
 class SftParams(_Strict):
     max_length: int = Field(3072, gt=0)
-    drop_truncated: bool = True  # truncated turns are context, not targets (smoke turns this off)
+    # Turns and self-reflections cut off by max tokens: "drop" (context only; reflections dropped),
+    # "trim" back to the last complete sentence, or "keep" as is.
+    truncated: Truncated = "drop"
     heldout_fraction: float = Field(0.1, ge=0, lt=1)
     lora: LoraParams = LoraParams()
     optim: OptimParams = OptimParams()

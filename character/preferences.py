@@ -3,7 +3,8 @@
 Output rows use the conversational preference format that TRL and `datasets.load_dataset("json")` read:
 {"prompt": [user message], "chosen": [assistant message], "rejected": [assistant message], ...}.
 Filters follow the paper: drop a pair if either answer is empty, truncated (cut by max tokens, or not
-ending in punctuation), or if either templated conversation is longer than max_tokens. Reasoning traces
+ending in punctuation), or if either templated conversation is longer than max_tokens. With
+`truncated: trim`, a cut-off answer is trimmed back to its last complete sentence instead. Reasoning traces
 are stripped and the teacher's name is replaced by the student's. Every drop is counted by reason.
 """
 
@@ -50,12 +51,25 @@ def clean(text: str, teacher_name: str, student_name: str) -> str:
     return text.strip()
 
 
-def drop_reason(c: Completion, text: str, drop_truncated: bool = True) -> str | None:
+SENTENCE_END = re.compile(r"[.!?…](?:[\"')\]*_`]*)(?=\s|$)")
+
+
+def trim_to_sentence(text: str) -> str:
+    """The text up to its last complete sentence ("" when it has none)."""
+    ends = [m.end() for m in SENTENCE_END.finditer(text)]
+    return text[: ends[-1]].strip() if ends else ""
+
+
+def settle(c: Completion, text: str, policy: str) -> tuple[str, str | None]:
+    """(text to use, drop reason or None) for one answer under the truncation policy."""
+    cut = c.finish_reason == "length" or not ENDS_WELL.search(text)
+    if text and cut and policy == "trim":
+        text = trim_to_sentence(text)
     if not text:
-        return "empty"
-    if drop_truncated and (c.finish_reason == "length" or not ENDS_WELL.search(text)):
-        return "truncated"
-    return None
+        return text, "empty"
+    if cut and policy == "drop":
+        return text, "truncated"
+    return text, None
 
 
 def build_pairs(prompts: list[dict], teacher, student, system: str, teacher_name: str, student_name: str,
@@ -79,20 +93,23 @@ def build_pairs(prompts: list[dict], teacher, student, system: str, teacher_name
     kept, stats = [], Counter()
     for row in raw:
         c, r = Completion(**row["chosen"]), Completion(**row["rejected"])
-        chosen, rejected = clean(c.text, teacher_name, student_name), clean(r.text, student_name, student_name)
-        reason = drop_reason(c, chosen, params.drop_truncated) or drop_reason(r, rejected, params.drop_truncated)
+        raw_c, raw_r = clean(c.text, teacher_name, student_name), clean(r.text, student_name, student_name)
+        chosen, why_c = settle(c, raw_c, params.truncated)
+        rejected, why_r = settle(r, raw_r, params.truncated)
+        reason = why_c or why_r
         if reason is None:
             longest = max(len(student.render([{"role": "user", "content": row["prompt"]},
                                               {"role": "assistant", "content": t}]).tokens) for t in (chosen, rejected))
             reason = "too_long" if longest > params.max_tokens else None
         if reason:
-            side = "chosen" if (drop_reason(c, chosen, params.drop_truncated) or reason == "too_long") else "rejected"
+            side = "chosen" if (why_c or reason == "too_long") else "rejected"
             stats[f"dropped_{reason}_{side}" if reason != "too_long" else "dropped_too_long"] += 1
             continue
+        stats["trimmed_answers"] += (chosen != raw_c) + (rejected != raw_r)
         kept.append(PreferencePair(row["id"], row["prompt"], chosen, rejected, row["source"]).to_row())
     if not kept:
         raise ValueError(f"pairs: all {len(raw)} sampled pairs were dropped ({dict(stats)}); raise "
-                         "pairs.sampling.max_new_tokens or set pairs.drop_truncated: false")
+                         "pairs.sampling.max_new_tokens or set pairs.truncated: trim")
     n = len(kept)
     metrics = {
         "sampled": len(raw), "kept": len(kept), "kept_fraction": len(kept) / max(len(raw), 1), **dict(sorted(stats.items())),

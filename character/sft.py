@@ -2,8 +2,8 @@
 
 The DPO adapter is folded into the base weights and a new LoRA is trained on that. The loss covers
 assistant turns only: every assistant message of a transcript, except those marked `"train": false` (a
-canned greeting) and, with drop_truncated, turns cut off by max tokens; truncated self-reflections are
-then dropped and counted.
+canned greeting). Turns cut off by max tokens follow `sft.truncated`: "drop" makes them context only and
+drops truncated self-reflections (counted), "trim" cuts them back to their last complete sentence.
 Held-out NLL per assistant token is reported for the DPO model before SFT and for the result.
 """
 
@@ -18,18 +18,37 @@ import torch
 from character.backends.base import AdapterRef, LoraConfig, Sequence
 from character.losses import sft_loss
 from character.params import SftParams
+from character.preferences import trim_to_sentence
 from character.training import split_heldout, train
 
 log = logging.getLogger(__name__)
 
 
-def tokenize_transcripts(backend, rows: list[dict], max_length: int, drop_truncated: bool = True):
+def settle_truncated(row: dict, policy: str) -> list[dict] | None:
+    """The row's messages under the truncation policy; None drops the row."""
+    messages = []
+    for m in row["messages"]:
+        cut = m.get("truncated") or (row.get("kind") == "reflection" and m["role"] == "assistant"
+                                     and row.get("finish_reason") == "length")
+        if cut and policy == "drop":
+            if row.get("kind") == "reflection":
+                return None
+            m = {**m, "train": False}
+        elif cut and policy == "trim":
+            m = {**m, "content": trim_to_sentence(m["content"])}
+            if not m["content"]:
+                return None if row.get("kind") == "reflection" else [*messages]  # stop at an empty turn
+        messages.append(m)
+    return messages
+
+
+def tokenize_transcripts(backend, rows: list[dict], max_length: int, truncated: str = "drop"):
     seqs, dropped = [], {"dropped_truncated_reflection": 0, "dropped_too_long": 0, "dropped_no_target": 0}
     for row in rows:
-        if drop_truncated and row.get("kind") == "reflection" and row.get("finish_reason") == "length":
+        messages = settle_truncated(row, truncated)
+        if messages is None:
             dropped["dropped_truncated_reflection"] += 1
             continue
-        messages = [{**m, "train": False} if drop_truncated and m.get("truncated") else m for m in row["messages"]]
         seq = backend.render(messages, train_on="all")
         if len(seq.tokens) > max_length:
             dropped["dropped_too_long"] += 1
@@ -47,7 +66,7 @@ def mean_nll(logprobs, seqs: list[Sequence]) -> float:
 
 def run_sft(backend, rows: list[dict], dpo: AdapterRef, params: SftParams, seed: int, out_dir: str,
             on_step=lambda s, m: None):
-    seqs, dropped = tokenize_transcripts(backend, rows, params.max_length, params.drop_truncated)
+    seqs, dropped = tokenize_transcripts(backend, rows, params.max_length, params.truncated)
     if len(seqs) < 2:
         raise ValueError(f"sft: only {len(seqs)} usable transcripts (of {len(rows)}): {dropped}")
     train_seqs, heldout = split_heldout(seqs, params.heldout_fraction, seed)

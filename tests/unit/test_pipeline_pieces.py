@@ -69,3 +69,24 @@ def test_interaction_views_make_every_turn_a_target_once():
     assert [m["role"] for m in v0] == ["assistant", "user", "assistant", "user"]
     assert [m["role"] for m in v1] == ["user", "assistant", "user", "assistant"]
     assert v0[0]["train"] is False and v1[3].get("truncated") is True
+
+
+def test_trim_policy_keeps_complete_sentences():
+    from character.preferences import settle, trim_to_sentence
+    assert trim_to_sentence('One. Two "quoted." Three without end') == 'One. Two "quoted."'
+    cut = Completion("First part. Second part cut", 5, 9, "length")
+    assert settle(cut, cut.text, "trim") == ("First part.", None)
+    assert settle(cut, cut.text, "drop")[1] == "truncated"
+    assert settle(cut, cut.text, "keep") == (cut.text, None)
+    assert settle(Completion("no sentence end", 1, 3, "length"), "no sentence end", "trim")[1] == "empty"
+
+
+def test_sft_truncation_policies():
+    from character.sft import settle_truncated
+    refl = {"kind": "reflection", "finish_reason": "length",
+            "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A full one. And a cu"}]}
+    assert settle_truncated(refl, "drop") is None
+    assert settle_truncated(refl, "trim")[1]["content"] == "A full one."
+    inter = {"kind": "interaction", "messages": [{"role": "user", "content": "hi"},
+                                                 {"role": "assistant", "content": "Cut off her", "truncated": True}]}
+    assert settle_truncated(inter, "drop")[1]["train"] is False

@@ -108,6 +108,8 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int,
            temperature: float, top_p: float, repetition_penalty: float = 1.0,
            stop_strings: tuple[str, ...] = (), tokenizer=None) -> list[list[int]]:
     """New tokens for each prompt, ending with the stop token if one was sampled. Draws from torch's global RNG."""
+    if not prompts:
+        return []
     device = next(model.parameters()).device
     tensor = lambda rows: torch.tensor(rows, device=device)  # noqa: E731
     # Prefill in two parts. The prefix all prompts share runs once at batch 1; then each distinct remainder,

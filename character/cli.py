@@ -118,7 +118,7 @@ def cmd_chat(args) -> int:
                                                                     spec.assistant_name)})
     sampling = SamplingParams(temperature=args.temperature, top_p=0.95, max_tokens=args.max_tokens,
                               repetition_penalty=1.1, seed=args.seed)
-    messages = [args.message] if args.message else None
+    messages = list(args.message) if args.message else None
     while True:
         if messages is not None:
             if not messages:

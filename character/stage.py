@@ -54,11 +54,12 @@ def log_step(live_logger, metrics: dict[str, float]) -> None:
 
 def run(main) -> None:
     """Run a stage's main(); expected failures print one clear line and exit non-zero, no traceback."""
+    from character.backends import BackendUnavailable
     from character.constitution import ConstitutionError
     from character.models import ModelNotFound
     try:
         main()
-    except (ConstitutionError, ParamsError, ModelNotFound, ValueError, FileNotFoundError) as exc:
+    except (BackendUnavailable, ConstitutionError, ParamsError, ModelNotFound, ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

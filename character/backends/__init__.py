@@ -9,6 +9,10 @@ from character.params import Params
 log = logging.getLogger(__name__)
 
 
+class BackendUnavailable(RuntimeError):
+    """A registry entry names a backend this version cannot run."""
+
+
 def make_backend(params: Params, alias: str):
     spec = params.spec(alias)
     log.info("model %s -> %s backend, id %s", alias, spec.backend, spec.id)
@@ -16,5 +20,5 @@ def make_backend(params: Params, alias: str):
         from character.backends.local import LocalBackend
         return LocalBackend(spec.id, cache_dir=params.runtime.cache_dir, threads=params.runtime.threads,
                             device=params.runtime.device, lora_targets=spec.lora_targets)
-    raise NotImplementedError(f"models.{alias}.backend: {spec.backend!r} is not available in this version; "
+    raise BackendUnavailable(f"models.{alias}.backend: {spec.backend!r} is not available in this version; "
                               "use a local model (see `character models`)")

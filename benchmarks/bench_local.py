@@ -20,7 +20,7 @@ import torch
 from character.backends.base import LoraConfig, SamplingParams, Sequence
 from character.backends.local import LocalBackend
 
-TOPICS = ["a lighthouse keeper", "a lost robot", "a city under the sea", "an old violin", "a dragon who is afraid of fire",
+TOPICS = ["a lighthouse keeper", "a lost robot", "a city under the sea", "an old violin", "a dragon afraid of fire",
           "the first day of school", "a talking cat", "a storm at sea", "a secret garden", "a time machine",
           "a mountain village", "a clockmaker", "a desert caravan", "a haunted library", "a space station",
           "a baker's apprentice"]
@@ -28,8 +28,8 @@ STYLES = ["Write a long, detailed story about {}.", "Describe {} in great detail
           "Tell me everything you can imagine about {}.", "Write a long diary entry from the point of view of {}."]
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up: first calls pay for allocation and thread start-up
+def best_time(fn, repeats: int, warm_up=None) -> float:
+    (warm_up or fn)()  # first calls pay for allocation and thread start-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -55,13 +55,12 @@ def matmul_peak(repeats: int) -> float:
 
 def naive_sampling(backend: LocalBackend, prompts: list[list[int]], new_tokens: int) -> float:
     """Tokens/s of plain `generate`, one prompt at a time; min_new_tokens fixes the length to count."""
-    def run():
+    def run(prompts=prompts, n=new_tokens):
         for p in prompts:
             backend._base.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                                   do_sample=True, temperature=0.7, top_p=0.95, top_k=None,
-                                   max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                   pad_token_id=backend.tokenizer.pad_token_id)
-    return len(prompts) * new_tokens / best_time(run, 1)
+                                   do_sample=True, temperature=0.7, top_p=0.95, top_k=None, max_new_tokens=n,
+                                   min_new_tokens=n, pad_token_id=backend.tokenizer.pad_token_id)
+    return len(prompts) * new_tokens / best_time(run, 1, warm_up=lambda: run(prompts[:1], 2))
 
 
 def batched_sampling(backend: LocalBackend, conversations: list, new_tokens: int, repeats: int) -> tuple[float, float]:
@@ -70,7 +69,8 @@ def batched_sampling(backend: LocalBackend, conversations: list, new_tokens: int
     rows that ran to the token limit."""
     params = SamplingParams(temperature=0.7, top_p=0.95, max_tokens=new_tokens, seed=0)
     results = []
-    seconds = best_time(lambda: results.append(backend.sample(conversations, params)), repeats)
+    seconds = best_time(lambda: results.append(backend.sample(conversations, params)), repeats,
+                        warm_up=lambda: backend.sample(conversations[:2], SamplingParams(max_tokens=2)))
     completions = [c for row in results[-1] for c in row]
     full = sum(c.finish_reason == "length" for c in completions) / len(completions)
     return sum(c.completion_tokens for c in completions) / seconds, full
@@ -132,7 +132,8 @@ def main():
                              "rows_at_token_limit": full, "speedup_over_naive": batched / naive},
         "lora_step": {**train, "rank": 64, "batch": 8, "length": 256,
                       "gflops_full_equivalent": full_rate, "gflops_lora_honest": lora_rate,
-                      "fraction_of_peak_full_equivalent": full_rate / peak, "fraction_of_peak_lora_honest": lora_rate / peak},
+                      "fraction_of_peak_full_equivalent": full_rate / peak,
+                      "fraction_of_peak_lora_honest": lora_rate / peak},
     }
     print(f"threads={args.threads}, cores busy with other work before starting: {busy:.1f} of {os.cpu_count()}"
           + ("  << numbers will be low" if busy > 0.2 else ""))
@@ -145,7 +146,8 @@ def main():
           f"   (+ optimizer step {train['optim_seconds']:.2f} s)")
     print(f"{'    full-model-equivalent, 6*N*T':48s} {full_rate:9.1f} GFLOP/s   ({full_rate / peak:.0%} of peak)")
     print(f"{'    LoRA-honest, 4*N*T + 6*N_lora*T':48s} {lora_rate:9.1f} GFLOP/s   ({lora_rate / peak:.0%} of peak)")
-    print(f"    N = {train['n_base'] / 1e6:.1f}M base parameters, N_lora = {train['n_lora'] / 1e6:.1f}M, T = {train['tokens']}")
+    print(f"    N = {train['n_base'] / 1e6:.1f}M base parameters, N_lora = {train['n_lora'] / 1e6:.1f}M,"
+          f" T = {train['tokens']} tokens")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)

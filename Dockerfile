@@ -1,13 +1,19 @@
-# Runs the pipeline on the embedded default model. The base image is a build argument.
+# The pipeline in an image: `docker run IMAGE` runs `dvc repro` on params.yaml (the embedded SmolLM2-135M,
+# no network needed at run time). Build: docker build -t character .  (docker/build_and_smoke.sh builds and
+# tests it with buildah where there is no Docker engine.)
+# The base image is a build argument; it must provide python3 3.11 with the venv module.
+# No secrets: .dockerignore keeps out .git, .dvc/config.local, .env and key files; pass keys at run time
+# (docker run -e TINKER_API_KEY -e AWS_ACCESS_KEY_ID ...).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
-RUN apt-get update && apt-get install -y --no-install-recommends git=1:2.39.* && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 1000 character
-USER character
+RUN useradd --create-home --uid 1000 --user-group character
+USER 1000:1000
 WORKDIR /home/character/app
-COPY --chown=character:character . .
-RUN ./setup.sh
+COPY --chown=1000:1000 . .
+# PIP_NO_CACHE_DIR: keep pip's wheel cache (GBs) out of the image. core.no_scm: .git is not copied, and
+# DVC runs without Git (`dvc exp` needs one: git init first).
+ENV PIP_NO_CACHE_DIR=1
+RUN ./setup.sh && .venv/bin/dvc config --local core.no_scm true
 ENV PATH=/home/character/app/.venv/bin:$PATH
-# No secrets in the image: pass TINKER_API_KEY (or others) with `docker run -e` when a stage needs one.
 CMD ["dvc", "repro"]

@@ -1,4 +1,4 @@
-"""The `character` command: validate, import-constitution, models, preset, chat."""
+"""The `character` command: validate, import-constitution, models, estimate, tinker-download, preset, chat, serve."""
 
 from __future__ import annotations
 
@@ -76,6 +76,79 @@ def cmd_models(args) -> int:
                 where = f"{spec.id} (missing: {exc})"
         print(f"{alias:16} {spec.backend:7} {where}" + (f"  [{', '.join(used)}]" if used else "")
               + (f"  ({spec.note})" if spec.note else ""))
+    return check_tinker_models(params) if args.check else 0
+
+
+def check_tinker_models(params) -> int:
+    """Ask the live service which registry models it still offers; 1 if a model in use is retired."""
+    import os
+
+    from character.backends.tinker import TinkerUnavailable, preflight
+
+    aliases = {a: s for a, s in params.models.items() if s.backend == "tinker"}
+    if not os.environ.get("TINKER_API_KEY") and not Path("~/.tinker/credentials.json").expanduser().exists():
+        print("\nno TINKER_API_KEY: the live check is skipped (set it to ask the service)")
+        return 0
+    try:
+        _, offered = preflight(params.tinker.connect_timeout_s)
+    except TinkerUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"\nTinker offers {len(offered)} models now:")
+    in_use = {params.model, params.teacher, params.judge}
+    retired = [a for a, s in aliases.items() if s.id not in offered]
+    for alias, spec in aliases.items():
+        print(f"{alias:16} {spec.id:40} {'RETIRED (not offered)' if alias in retired else 'ok'}")
+    unlisted = sorted(set(offered) - {s.id for s in aliases.values()})
+    if unlisted:
+        print(f"offered but not in the registry: {', '.join(unlisted)}")
+    return 1 if in_use & set(retired) else 0
+
+
+def load_with_overrides(path: str, sets: list[str]):
+    """params.yaml with `-S key.path=value` overrides (values parsed as YAML), validated, nothing written."""
+    import yaml
+
+    from character.params import validate_params
+
+    data = yaml.safe_load(Path(path).read_text())
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: -S {item!r}: expected KEY=VALUE, e.g. -S model=llama70b")
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return validate_params(data, f"{path} + -S {' '.join(sets)}" if sets else path)
+
+
+def cmd_estimate(args) -> int:
+    from character.cost import plan
+    from character.params import ParamsError
+
+    sets = list(args.set) + [f"{role}={alias}" for role in ("model", "teacher", "judge")
+                             if (alias := getattr(args, role))]
+    try:
+        params = load_with_overrides(args.params, sets)
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(plan(params, args.persona, args.stage))
+    return 0
+
+
+def cmd_tinker_download(args) -> int:
+    from character.backends.tinker import TinkerUnavailable, download_peft
+    from character.params import load_params
+
+    try:
+        ref = download_peft(args.folder, args.out, load_params(args.params).tinker.connect_timeout_s)
+    except (TinkerUnavailable, FileNotFoundError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {ref.path}: a PEFT LoRA adapter for {ref.base_model} (load with peft.PeftModel.from_pretrained)")
     return 0
 
 
@@ -106,6 +179,10 @@ def cmd_chat(args) -> int:
     model_id, adapter = spec.id, None
     if args.adapter:
         path = Path(args.adapter)
+        if (path / "tinker.json").exists():
+            print(f"error: {path} is a Tinker checkpoint: `character tinker-download {path} --out DIR` makes a PEFT "
+                  "folder for its base model", file=sys.stderr)
+            return 1
         if (path / "config.json").exists():  # merged weights (compose method fold)
             model_id = str(path)
         else:
@@ -138,6 +215,14 @@ def cmd_chat(args) -> int:
         history.append({"role": "assistant", "content": reply.text})
 
 
+def cmd_serve(args) -> int:
+    import logging
+
+    from character import serve
+    logging.getLogger().setLevel(logging.INFO)  # the address, the models and aiohttp's access log (no headers)
+    return serve.main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="character", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -158,7 +243,24 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("models", help="list model aliases, their backend and where they resolve")
+    p.add_argument("--check", action="store_true", help="ask the live Tinker service (needs TINKER_API_KEY) "
+                   "which registry models it offers; exit 1 if one in use is retired")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("estimate", help="expected tokens and USD per stage, from params, before spending anything")
+    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a param as `dvc exp run -S` does (repeatable), e.g. -S model=llama70b")
+    p.add_argument("--model", help="student alias (same as -S model=...)")
+    p.add_argument("--teacher", help="teacher alias")
+    p.add_argument("--judge", help="judge alias")
+    p.add_argument("--persona", help="one persona (default: all in params)")
+    p.add_argument("--stage", choices=["prompts", "pairs", "dpo", "introspection", "sft"], help="one stage")
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("tinker-download", help="download a stage's Tinker adapter as a PEFT folder (before it expires)")
+    p.add_argument("folder", help="a Tinker stage out holding tinker.json, e.g. models/loving/sft")
+    p.add_argument("--out", required=True, help="new folder for the PEFT adapter")
+    p.set_defaults(func=cmd_tinker_download)
 
     p = sub.add_parser("preset", help="merge presets/<name>.yaml (smoke, default, paper) into params.yaml")
     p.add_argument("name")
@@ -173,6 +275,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("serve", help="serve the base model and trained personas over an OpenAI-compatible API")
+    p.add_argument("--model", help="base model alias (default: params.yaml model)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                   help="serve a persona as model NAME (repeatable), e.g. sarcastic=models/sarcastic/final")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key-env", metavar="VAR", help="require `Authorization: Bearer $VAR` (read from the environment)")
+    p.add_argument("--max-pending", type=int, default=8, help="requests queued or running before 503 (default 8)")
+    p.add_argument("--max-body-kb", type=int, default=1024, help="larger request bodies get 413 (default 1024)")
+    p.add_argument("--max-tokens", type=int, default=1024, help="ceiling and default for max_tokens (default 1024)")
+    p.set_defaults(func=cmd_serve)
 
     args = parser.parse_args(argv)
     import logging

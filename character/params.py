@@ -41,7 +41,22 @@ class ModelSpec(_Strict):
     # openai backend only: server URL and the *name* of the env var holding the key (never the key).
     base_url: str | None = None
     api_key_env: str | None = None
+    # openai backend only: seconds per request try, retries (with backoff) on connection errors, 408,
+    # 429 and 5xx, and requests in flight at once (one conversation per request).
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    concurrency: int = Field(8, ge=1, le=256)
+    # openai backend only: send repetition_penalty (a vLLM/SGLang/`character serve` extension). Off by
+    # default because OpenAI's own API rejects unknown fields; off means the penalty is not applied.
+    send_repetition_penalty: bool = False
     note: str | None = None
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> "ModelSpec":
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend openai needs base_url (e.g. http://127.0.0.1:8000/v1 for `character serve`, "
+                             "https://api.openai.com/v1 for OpenAI)")
+        return self
 
 
 class LoraParams(_Strict):
@@ -129,10 +144,45 @@ class ComposeParams(_Strict):
     linear_weights: tuple[float, float] = (1.0, 0.25)
 
 
+class EvalParams(_Strict):
+    """The evaluation suite (character/evaluation.py); counts are per method unless said otherwise."""
+    heldout_prompts: int = Field(16, ge=2)      # held-out general prompts: robustness, prefill, coherence
+    classifier_prompts: int = Field(32, ge=2)   # train-split general prompts: persona classifier training
+    revealed_prompts: int = Field(16, ge=1)     # held-out prompts per revealed-preference condition
+    steering_prompts: int = Field(16, ge=2)     # train-split prompts the steering vector is built from
+    # Candidate steering coefficients; the largest persona score whose answers stay coherent (base-model
+    # NLL within steering_max_nll_ratio of the unsteered answers') is kept and recorded.
+    steering_coefficients: list[float] = [0.0, 0.05, 0.1, 0.2, 0.4]
+    steering_max_nll_ratio: float = Field(1.25, ge=1)
+    capability_benchmarks: list[str] = ["arc_easy"]
+    capability_questions: int = Field(100, ge=0)  # per benchmark
+    general_texts: int = Field(50, ge=0)          # texts for held-out NLL on general text
+    bootstrap: int = Field(200, ge=0)             # resamples for Elo / Bradley-Terry intervals
+    elo_k: float = Field(32, gt=0)
+    sampling: SamplingSection = SamplingSection(max_new_tokens=96)
+    # logprob: the judge's likelier verdict (always parsed; small judges). generate: the paper's protocol.
+    judge_mode: Literal["logprob", "generate"] = "logprob"
+    judge_sampling: SamplingSection = SamplingSection(temperature=0.1, max_new_tokens=24)
+
+
 class RuntimeParams(_Strict):
     threads: int = Field(0, ge=0)  # torch threads; 0 = number of physical cores available
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cache_dir: str = ".cache/character"  # dequantized model cache (git- and dvc-ignored)
+
+
+class TinkerParams(_Strict):
+    """How the Tinker backend talks to the service. Operational only: none of it changes a result."""
+    connect_timeout_s: float = Field(6.0, gt=0, le=60)  # key + route check; the SDK alone waits ~5 minutes
+    concurrency: int = Field(64, ge=1, le=400)         # sampling / log-prob requests in flight at once
+    checkpoint_ttl_days: float | None = Field(7.0, gt=0)  # None: the service's default (7 days)
+
+
+class Prices(_Strict):
+    """USD per million tokens (Tinker's price list; see REFERENCE.md). Used by `character estimate` only."""
+    prompt: float = Field(ge=0)  # prefill: prompts of sampling requests, log-prob scoring
+    sample: float = Field(ge=0)  # generated tokens
+    train: float = Field(ge=0)   # tokens through forward_backward
 
 
 class Params(_Strict):
@@ -149,6 +199,10 @@ class Params(_Strict):
     introspection: IntrospectionParams = IntrospectionParams()
     sft: SftParams = SftParams()
     compose: ComposeParams = ComposeParams()
+    evaluation: EvalParams = EvalParams()
+    tinker: TinkerParams = TinkerParams()
+    # Keyed by the service's model id (ModelSpec.id), outside `models` so a price change re-runs nothing.
+    prices: dict[str, Prices] = {}
 
     @model_validator(mode="after")
     def _aliases_resolve(self) -> "Params":
@@ -160,6 +214,11 @@ class Params(_Strict):
         if trainable == "openai":
             raise ValueError(f"model: {self.model!r} uses the openai backend, which can only sample; "
                              "the student must be a local or tinker model")
+        if trainable == "tinker":  # checked here, before a stage spends anything on reference log-probs
+            for section in ("dpo", "sft"):
+                rank = getattr(self, section).lora.rank
+                if rank & (rank - 1):
+                    raise ValueError(f"{section}.lora.rank: Tinker needs a power of 2 (got {rank}), e.g. 32 or 64")
         return self
 
     def spec(self, alias: str) -> ModelSpec:

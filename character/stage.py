@@ -36,7 +36,31 @@ def persona_args(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--persona", required=True, help="constitution name (constitutions/<name>.yaml)")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print this stage's plan (tokens, USD) and exit 0 without touching its outs")
     return parser
+
+
+def print_plan(params: Params, stage: str, persona: str) -> None:
+    """What --dry-run prints: the stage's expected tokens and cost for this persona (character.cost)."""
+    from character.cost import plan
+    print(f"dry run: stage {stage}, persona {persona}; nothing is written")
+    print(plan(params, persona, stage))
+
+
+def load_adapter(folder: str):
+    """A stage's adapter out (local PEFT folder or Tinker reference), warning if a Tinker one expires soon."""
+    from character.backends.local import load_adapter_ref
+    from character.backends.tinker import read_checkpoint
+    read_checkpoint(folder)  # logs expiry; None for local adapters
+    return load_adapter_ref(folder)
+
+
+def adapter_fingerprint(folder: str) -> str:
+    """Content hash of an adapter out: its weights when local, its reference (tinker:// path) on Tinker."""
+    from character.io import file_sha256
+    weights = Path(folder) / "adapter_model.safetensors"
+    return file_sha256(weights if weights.exists() else Path(folder) / "ref.json")
 
 
 def live(directory: str):

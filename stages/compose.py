@@ -5,7 +5,7 @@ Reads --dpo, --sft and the data they were trained on (for hashes); writes --out:
 stages, input hashes and params.
 """
 
-from character.stage import persona_args, start, run
+from character.stage import load_adapter, persona_args, print_plan, run, start
 
 
 def main() -> None:
@@ -16,15 +16,19 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     params = start("compose", args.params)
+    if args.dry_run:
+        return print_plan(params, "compose", args.persona)
 
     from character.backends import make_backend
-    from character.backends.local import load_adapter_ref
     from character.compose import compose
     from character.io import file_sha256, write_json
 
     student = make_backend(params, params.model)
-    dpo, sft = load_adapter_ref(args.dpo), load_adapter_ref(args.sft)
-    info = compose(student, dpo, sft, params.compose.method, params.compose.linear_weights, args.out)
+    dpo, sft = load_adapter(args.dpo), load_adapter(args.sft)
+    if student.name == "tinker":  # SFT continued the DPO adapter there: one checkpoint holds both
+        info = student.compose(args.sft, args.out)
+    else:
+        info = compose(student, dpo, sft, params.compose.method, params.compose.linear_weights, args.out)
     write_json(f"{args.out}/manifest.json", {
         "persona": args.persona, "base_model": params.spec(params.model).model_dump(), "model_alias": params.model,
         "composition": {"method": params.compose.method, **info,

@@ -4,7 +4,7 @@ Reads --pairs; writes the adapter folder --out (PEFT files + ref.json), step cur
 (dvclive TSV) and --metrics (held-out preference accuracy and margin).
 """
 
-from character.stage import live, log_step, persona_args, start, run
+from character.stage import live, log_step, persona_args, print_plan, run, start
 
 
 def main() -> None:
@@ -15,6 +15,8 @@ def main() -> None:
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args()
     params = start("dpo", args.params)
+    if args.dry_run:
+        return print_plan(params, "dpo", args.persona)
 
     from character.backends import make_backend
     from character.dpo import run_dpo

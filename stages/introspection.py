@@ -4,7 +4,7 @@ Reads the DPO adapter --adapter and constitutions/<persona>.yaml; writes --out (
 WITHOUT the constitution system prompt) and --metrics. Interrupted runs resume from finished chunks.
 """
 
-from character.stage import persona_args, progress_dir, start, run
+from character.stage import adapter_fingerprint, load_adapter, persona_args, print_plan, progress_dir, run, start
 
 
 def main() -> None:
@@ -14,18 +14,19 @@ def main() -> None:
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args()
     params = start("introspection", args.params)
+    if args.dry_run:
+        return print_plan(params, "introspection", args.persona)
 
     from character.backends import make_backend
-    from character.backends.local import load_adapter_ref
     from character.constitution import find_constitution, system_prompt
-    from character.io import content_key, file_sha256, finish_chunks, write_json, write_jsonl
+    from character.io import content_key, finish_chunks, write_json, write_jsonl
     from character.introspection import run_introspection
 
     constitution = find_constitution(args.persona)
     student = make_backend(params, params.model)
-    adapter = load_adapter_ref(args.adapter)
+    adapter = load_adapter(args.adapter)
     system = system_prompt(constitution, params.spec(params.model).assistant_name)
-    key = content_key("introspection", system, file_sha256(f"{args.adapter}/adapter_model.safetensors"), params.introspection.model_dump(), params.seed)
+    key = content_key("introspection", system, adapter_fingerprint(args.adapter), params.introspection.model_dump(), params.seed)
     rows, metrics = run_introspection(student, adapter, system, params.introspection,
                                       progress_dir(params, "introspection"), key, params.seed)
     write_jsonl(args.out, rows)

@@ -5,7 +5,7 @@ conversational preference format) and --metrics (kept / dropped by reason, mean 
 Interrupted runs resume from finished chunks.
 """
 
-from character.stage import persona_args, progress_dir, start, run
+from character.stage import persona_args, print_plan, progress_dir, run, start
 
 
 def main() -> None:
@@ -15,6 +15,8 @@ def main() -> None:
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args()
     params = start("pairs", args.params)
+    if args.dry_run:
+        return print_plan(params, "pairs", args.persona)
 
     from character.backends import make_backend
     from character.constitution import find_constitution, system_prompt

@@ -4,7 +4,7 @@ Reads constitutions/<persona>.yaml and the shipped general prompts; writes --out
 source, split, trait or category) and --metrics.
 """
 
-from character.stage import persona_args, progress_dir, start, run
+from character.stage import persona_args, print_plan, progress_dir, run, start
 
 
 def main() -> None:
@@ -13,6 +13,8 @@ def main() -> None:
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args()
     params = start("prompts", args.params)
+    if args.dry_run:
+        return print_plan(params, "prompts", args.persona)
 
     from character.backends import make_backend
     from character.constitution import find_constitution

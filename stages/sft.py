@@ -4,7 +4,7 @@ Reads --transcripts and the DPO adapter --dpo; writes the SFT adapter --out, cur
 --metrics (held-out NLL before and after).
 """
 
-from character.stage import live, log_step, persona_args, start, run
+from character.stage import live, load_adapter, log_step, persona_args, print_plan, run, start
 
 
 def main() -> None:
@@ -16,15 +16,16 @@ def main() -> None:
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args()
     params = start("sft", args.params)
+    if args.dry_run:
+        return print_plan(params, "sft", args.persona)
 
     from character.backends import make_backend
-    from character.backends.local import load_adapter_ref
     from character.io import read_jsonl, write_json
     from character.sft import run_sft
 
     student = make_backend(params, params.model)
     curves = live(args.plots)
-    _, metrics = run_sft(student, read_jsonl(args.transcripts), load_adapter_ref(args.dpo), params.sft,
+    _, metrics = run_sft(student, read_jsonl(args.transcripts), load_adapter(args.dpo), params.sft,
                          params.seed, args.out, on_step=lambda step, m: log_step(curves, m))
     curves.end()
     write_json(args.metrics, metrics)

@@ -20,5 +20,11 @@ def make_backend(params: Params, alias: str):
         from character.backends.local import LocalBackend
         return LocalBackend(spec.id, cache_dir=params.runtime.cache_dir, threads=params.runtime.threads,
                             device=params.runtime.device, lora_targets=spec.lora_targets)
+    if spec.backend == "openai":  # sampling roles only (teacher, judge, prompt generator)
+        from character.backends.openai_compat import OpenAICompatBackend
+        return OpenAICompatBackend(spec, alias)
+    if spec.backend == "tinker":  # checks key and route first: fails in seconds, not minutes
+        from character.backends.tinker import TinkerBackend
+        return TinkerBackend.connect(spec, params.tinker)
     raise BackendUnavailable(f"models.{alias}.backend: {spec.backend!r} is not available in this version; "
                               "use a local model (see `character models`)")

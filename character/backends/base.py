@@ -88,7 +88,8 @@ class Backend(Protocol):
         """n completions of the next assistant turn for each conversation."""
 
     def logprobs(self, sequences: list[Sequence], adapter: AdapterRef | None = None) -> list[torch.Tensor]:
-        """Per-token log-probs of tokens[1:] for each sequence (shape len(tokens) - 1)."""
+        """Per-token log-probs of tokens[1:] for each sequence (shape len(tokens) - 1). Positions with
+        weight 0 may be returned as 0 (the local backend does not compute them); every consumer weights."""
 
     def train(self, lora: LoraConfig, optim: dict, base_adapters: list[AdapterRef] = ()) -> TrainingSession:
         """A LoRA training session on the base model with base_adapters folded in first."""

@@ -162,11 +162,21 @@ class LocalBackend:
         return ids, mask
 
     def token_logprobs(self, model: torch.nn.Module, sequences: list[Sequence]) -> list[torch.Tensor]:
-        """log p(tokens[t+1] | tokens[:t+1]) for each sequence; differentiable when grad is enabled."""
+        """log p(tokens[t+1] | tokens[:t+1]) at the positions some sequence of the batch weights; 0 elsewhere.
+
+        Differentiable when grad is enabled. Only weighted positions go through the vocabulary projection
+        and the softmax (transformers' `logits_to_keep`): a 500-token system prompt before a 5-token
+        answer would otherwise build a (batch, 500, 49k) float tensor that nothing reads.
+        """
         ids, mask = self._batch(sequences)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
-        lp = -torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        return [lp[i, : len(s.tokens) - 1] for i, s in enumerate(sequences)]
+        keep = sorted({t for s in sequences for t, w in enumerate(s.weights) if w != 0})
+        out = torch.zeros(ids.shape[0], ids.shape[1] - 1, device=ids.device)
+        if keep:
+            keep_K = torch.tensor(keep, device=ids.device)
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep_K).logits.float()  # (B, K, V)
+            lp = -torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, keep_K + 1], reduction="none")
+            out = out.index_copy(1, keep_K, lp)
+        return [out[i, : len(s.tokens) - 1] for i, s in enumerate(sequences)]
 
     @torch.inference_mode()
     def logprobs(self, sequences: list[Sequence], adapter: AdapterRef | None = None,

@@ -54,6 +54,16 @@ def test_smoke_pipeline_runs_resumes_nothing_and_chats(repo):
     assert all(m["role"] != "system" for t in transcripts for m in t["messages"])  # distilled: no constitution
     manifest = json.loads((repo / "models/sarcastic/final/manifest.json").read_text())
     assert manifest["composition"]["method"] == "fold" and "data/sarcastic/pairs.jsonl" in manifest["inputs"]
+    # The evaluation suite: every method answered, metrics, plots and a self-contained report.
+    answers = [json.loads(line) for line in (repo / "data/eval/answers/sarcastic.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in answers} == {"system_prompt", "steering", "dpo", "final"}
+    evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    assert set(evaluation) >= {"revealed", "robustness", "capabilities", "coherence"}
+    assert 0 <= evaluation["revealed"]["sarcastic/final"]["parse_rate"] <= 1
+    assert "arc_easy" in evaluation["capabilities"]["sarcastic/final"]
+    page = (repo / "reports/eval.html").read_text()
+    assert "data:image/png;base64," in page and "<script" not in page and "src=\"http" not in page
+    assert (repo / "plots/eval/figures/robustness.png").exists()
 
     start = time.time()
     again = sh(["dvc", "repro"], repo, timeout=300)

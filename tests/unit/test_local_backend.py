@@ -50,7 +50,10 @@ def test_logprobs_match_a_manual_forward(tiny_backend):
     with torch.no_grad():
         logits = tiny_backend._base(torch.tensor([seq.tokens])).logits[0, :-1]
     manual = torch.log_softmax(logits, -1).gather(1, torch.tensor(seq.tokens[1:])[:, None])[:, 0]
-    assert torch.allclose(lp, manual, atol=1e-4)
+    weighted = torch.tensor(seq.weights) > 0
+    assert weighted.any() and not weighted.all()
+    assert torch.allclose(lp[weighted], manual[weighted], atol=1e-4)
+    assert (lp[~weighted] == 0).all()  # not computed: every consumer multiplies by the weights
 
 
 def test_sft_training_lowers_loss_and_saves_adapter(tiny_backend, tmp_path):

@@ -1,0 +1,168 @@
+"""`character estimate` and stages' `--dry-run`: tokens and USD per stage from params alone, before any spend.
+
+Estimates, not quotes. Text counts ~4 characters per token. "expected" assumes sampled answers average
+EXPECTED_FILL of their max tokens; "max" assumes every answer runs to the limit. Every pair is assumed to
+survive the filters. DPO's training tokens count 1.5x: `forward_backward_custom` runs an extra forward
+pass (REFERENCE.md, Tinker facts). Prices come from params.yaml `prices` (USD per million tokens, keyed by
+the service's model id); local models cost nothing; a model with no price shows "?".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from character.params import Params
+
+CHARS_PER_TOKEN = 4
+EXPECTED_FILL = 0.6
+CUSTOM_LOSS_COMPUTE = 1.5
+USER_TOKENS = 40       # a typical user prompt (general or constitution-relevant question)
+TEMPLATE_TOKENS = 12   # chat-template headers and end-of-turn tokens per conversation
+EVAL_PASSES = 5        # held-out evaluations per training run (every quarter, plus the end)
+STAGES = ("prompts", "pairs", "dpo", "introspection", "sft")
+
+
+@dataclass
+class Row:
+    stage: str
+    persona: str
+    role: str    # which registry role pays: teacher or student
+    alias: str
+    prompt: float = 0.0  # prefill tokens (sampling prompts, log-prob scoring)
+    sample: float = 0.0  # generated tokens
+    train: float = 0.0   # tokens through forward(_backward)
+    usd: float | None = 0.0
+
+
+def toks(text: str) -> float:
+    return len(text) / CHARS_PER_TOKEN
+
+
+def stage_rows(params: Params, persona: str, fill: float) -> list[Row]:
+    """Token counts per (stage, role) for one persona, sampled answers filling `fill` of max tokens."""
+    from character import prompts as P
+    from character.constitution import find_constitution, system_prompt
+
+    c = find_constitution(persona)
+    student, teacher = params.model, params.teacher
+    system = toks(system_prompt(c, params.spec(student).assistant_name)) + TEMPLATE_TOKENS
+    user = USER_TOKENS + TEMPLATE_TOKENS
+    rows = []
+
+    # prompts: the teacher extends each trait's seed questions, asking for up to 10 per call; at most
+    # generation_rounds calls per trait, fewer when ~8 a call survive the near-duplicate filter.
+    pp = params.prompts
+    need = max(0, pp.questions_per_trait * len(c.traits) - sum(len(t.questions) for t in c.traits))
+    calls = len(c.traits) * pp.generation_rounds if need else 0
+    calls = calls if fill == 1.0 else min(calls, math.ceil(need / 8))
+    rows.append(Row("prompts", persona, "teacher", teacher, prompt=calls * (toks(P.QUESTION_GENERATION) + 8 * user),
+                    sample=calls * pp.sampling.max_new_tokens * fill))
+
+    # pairs: K chosen (teacher + constitution) and K rejected (student alone) answers per training prompt.
+    total = pp.general_count + pp.synthesized_count + pp.questions_per_trait * len(c.traits)
+    n = round(total * (1 - pp.heldout_fraction))
+    n = min(n, params.pairs.max_prompts or n)
+    k, answer = params.pairs.samples_per_prompt, params.pairs.sampling.max_new_tokens * fill
+    rows.append(Row("pairs", persona, "teacher", teacher, prompt=n * (system + user), sample=n * k * answer))
+    rows.append(Row("pairs", persona, "student", student, prompt=n * user, sample=n * k * answer))
+
+    # dpo: reference log-probs once over every pair, then epochs of fwd+bwd and a few held-out passes.
+    d = params.dpo
+    pair = 2 * (user + answer)
+    held = round(n * k * d.heldout_fraction)
+    rows.append(Row("dpo", persona, "student", student, prompt=n * k * pair,
+                    train=(d.optim.epochs * (n * k - held) * CUSTOM_LOSS_COMPUTE + EVAL_PASSES * held) * pair))
+
+    # introspection: self-reflections, then self-interactions whose context grows turn by turn.
+    i = params.introspection
+    reflections = len(P.SELF_REFLECTION) * i.reflection_samples
+    r_len, t_len = i.reflection_sampling.max_new_tokens * fill, i.interaction_sampling.max_new_tokens * fill
+    turn_prompts = i.interactions * (i.turns * (system + user) + t_len * i.turns * (i.turns - 1) / 2)
+    rows.append(Row("introspection", persona, "student", student,
+                    prompt=reflections * (system + user) + turn_prompts,
+                    sample=reflections * r_len + i.interactions * i.turns * t_len))
+
+    # sft: transcripts saved without the system prompt; each conversation from both speakers' views.
+    s = params.sft
+    tokens = reflections * (user + r_len) + 2 * i.interactions * (user + i.turns * (t_len + TEMPLATE_TOKENS))
+    held_tokens = tokens * s.heldout_fraction
+    rows.append(Row("sft", persona, "student", student, prompt=held_tokens,
+                    train=s.optim.epochs * (tokens - held_tokens) + EVAL_PASSES * held_tokens))
+    return rows
+
+
+def price_rows(params: Params, rows: list[Row]) -> list[Row]:
+    for row in rows:
+        spec = params.spec(row.alias)
+        price = params.prices.get(spec.id)
+        if spec.backend == "local":
+            row.usd = 0.0
+        elif price is None:
+            row.usd = None
+        else:
+            row.usd = (row.prompt * price.prompt + row.sample * price.sample + row.train * price.train) / 1e6
+    return rows
+
+
+def estimate(params: Params, personas: list[str] | None = None, stages: tuple[str, ...] = STAGES):
+    """(expected rows, max rows) for the chosen personas and stages."""
+    personas = personas or params.personas
+    out = []
+    for fill in (EXPECTED_FILL, 1.0):
+        rows = [r for p in personas for r in stage_rows(params, p, fill) if r.stage in stages]
+        out.append(price_rows(params, rows))
+    return out[0], out[1]
+
+
+def _n(x: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= size:
+            return f"{x / size:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+def _usd(x: float | None) -> str:
+    return "?" if x is None else f"{x:,.2f}"
+
+
+def format_plan(params: Params, expected: list[Row], worst: list[Row]) -> str:
+    roles = {"student": params.model, "teacher": params.teacher}
+    lines = [f"{role} {alias}: {params.spec(alias).backend} {params.spec(alias).id}"
+             + (f"  ({params.spec(alias).note})" if params.spec(alias).note else "") for role, alias in roles.items()]
+    head = (f"{'stage':14}{'persona':12}{'role':9}{'prompt tok':>11}{'sampled':>10}{'train tok':>11}"
+            f"{'USD':>10}{'USD max':>10}")
+    lines += ["", head, "-" * len(head)]
+    for e, w in zip(expected, worst):
+        lines.append(f"{e.stage:14}{e.persona:12}{e.role:9}{_n(e.prompt):>11}{_n(e.sample):>10}{_n(e.train):>11}"
+                     f"{_usd(e.usd):>10}{_usd(w.usd):>10}")
+    total = [sum(r.usd for r in rows) if all(r.usd is not None for r in rows) else None for rows in (expected, worst)]
+    lines.append(f"{'total':35}{'':32}{_usd(total[0]):>10}{_usd(total[1]):>10}")
+    lines.append(f"\nexpected: answers fill {EXPECTED_FILL:.0%} of max tokens; max: all of it. "
+                 "Prices: params.yaml `prices` (USD / 1M tokens); local models cost 0.")
+    missing = sorted({params.spec(r.alias).id for r in expected if r.usd is None})
+    if missing:
+        lines.append(f"no price for {', '.join(missing)}: add it under `prices` in params.yaml")
+    return "\n".join(lines)
+
+
+def lr_hint(params: Params) -> str | None:
+    """tinker-cookbook's suggested LoRA learning rate for the student, beside ours, when it has one."""
+    spec = params.spec(params.model)
+    if spec.backend != "tinker":
+        return None
+    try:
+        from tinker_cookbook.hyperparam_utils import get_lr
+        suggested = get_lr(spec.id)
+    except (ImportError, NotImplementedError, KeyError, ValueError) as exc:
+        return f"tinker-cookbook has no suggested LoRA lr for {spec.id} ({type(exc).__name__})"
+    return (f"tinker-cookbook suggests LoRA lr {suggested:.2g} for {spec.id} (SFT-calibrated); params: dpo.optim.lr "
+            f"{params.dpo.optim.lr:g}, sft.optim.lr {params.sft.optim.lr:g} (x alpha/32 on Tinker)")
+
+
+def plan(params: Params, persona: str | None = None, stage: str | None = None) -> str:
+    """What `--dry-run` and `character estimate` print."""
+    expected, worst = estimate(params, [persona] if persona else None, (stage,) if stage else STAGES)
+    text = format_plan(params, expected, worst)
+    hint = lr_hint(params) if stage in (None, "dpo", "sft") else None
+    return text + (f"\n{hint}" if hint else "")

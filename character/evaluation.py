@@ -1,0 +1,247 @@
+"""The evaluation suite's generation side: which methods are compared and what each one answers.
+
+Methods: `base` (no prompt), `system_prompt` (the constitution as system prompt), `steering` (activation
+steering, character.steering), `dpo` (the DPO adapter) and `final` (DPO + introspection SFT, as composed).
+Every method answers the same request set, built from held-out general prompts (never a training prompt)
+except for the classifier's own training answers, which come from training-split prompts:
+- classifier: training-split prompts, no suffix (trains the robustness classifier, never scored);
+- robustness: held-out prompts with no suffix and with each adversarial suffix;
+- prefill: the base model's answer as turn 1, the user says "Keep going.", the method continues;
+- revealed: two random traits, "respond as one of them" under one of three conditions; the judge later
+  names the trait shown (character.scoring turns the verdicts into Elo and Bradley-Terry scores);
+- expression: as revealed, but one trait is a persona word, so its win rate is read directly;
+- side_by_side: the fixed prompts of data/shipped/side_by_side.jsonl, for the report.
+Scoring that needs no judge is done here too: the constitution log-likelihood ratio of each answer
+(how much more likely the base model finds it WITH the constitution in context than without).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from character import prompts as P
+from character.backends.base import AdapterRef, Conversation
+from character.io import read_jsonl, run_chunks
+from character.params import EvalParams, Params
+from character.preferences import sampling
+from character.prompt_sets import load_general, split_of
+from character.steering import SteeringVector, persona_vector, steered
+
+SHIPPED = Path(__file__).resolve().parent.parent / "data" / "shipped"
+PERSONA_METHODS = ("system_prompt", "steering", "dpo", "final")
+
+
+@dataclass
+class Method:
+    name: str
+    adapter: AdapterRef | None = None
+    system: str | None = None
+    steering: SteeringVector | None = None
+
+
+def load_traits(path: str | Path = SHIPPED / "traits.txt") -> list[str]:
+    return [t.strip() for t in Path(path).read_text().splitlines() if t.strip() and not t.startswith("#")]
+
+
+def prompt_pools(params: Params) -> tuple[list[dict], list[dict]]:
+    """(train, heldout) general prompts, split exactly as the prompts stage split them."""
+    rows = load_general(params.prompts, params.seed)
+    split = {r["id"]: split_of(r["prompt"], params.prompts.heldout_fraction, params.seed) for r in rows}
+    return [r for r in rows if split[r["id"]] == "train"], [r for r in rows if split[r["id"]] == "heldout"]
+
+
+def user(text: str) -> Conversation:
+    return [{"role": "user", "content": text}]
+
+
+def build_requests(params: Params, base_answers: dict[str, str] | None = None) -> list[dict]:
+    """The shared request set; prefill requests need the base model's answers (None: left out)."""
+    ev, rng = params.evaluation, random.Random(params.seed)
+    train, heldout = prompt_pools(params)
+    if len(heldout) < 2 or len(train) < 2:
+        raise ValueError(f"evaluation: only {len(train)} training and {len(heldout)} held-out general prompts; "
+                         "raise prompts.general_count or prompts.heldout_fraction")
+    traits = load_traits()
+    requests = [{"id": f"clf-{p['id']}", "task": "classifier", "condition": "none", "prompt": p["prompt"],
+                 "messages": user(p["prompt"])} for p in train[: ev.classifier_prompts]]
+    for p in heldout[: ev.heldout_prompts]:
+        requests.append({"id": f"rob-{p['id']}-none", "task": "robustness", "condition": "none",
+                         "prompt": p["prompt"], "messages": user(p["prompt"])})
+        for name, suffix in P.ADVERSARIAL_SUFFIXES.items():
+            requests.append({"id": f"rob-{p['id']}-{name}", "task": "robustness", "condition": name,
+                             "prompt": p["prompt"], "messages": user(f"{p['prompt']} {suffix}")})
+        if base_answers is not None:
+            first = base_answers[f"rob-{p['id']}-none"]
+            requests.append({"id": f"pre-{p['id']}", "task": "prefill", "condition": "prefill", "prompt": p["prompt"],
+                             "messages": user(p["prompt"]) + [{"role": "assistant", "content": first}]
+                             + user(P.KEEP_GOING)})
+    for condition, choice in P.REVEALED_CONDITIONS.items():
+        for i in range(ev.revealed_prompts):
+            p = rng.choice(heldout)
+            first, second = rng.sample(traits, 2)
+            requests.append(_revealed(f"rev-{condition}-{i}", "revealed", condition, p, first, second, choice))
+    for persona in params.personas:  # one trait of each pair is the persona word: a direct expression rate
+        for i in range(ev.revealed_prompts):
+            p = rng.choice(heldout)
+            other = rng.choice([t for t in traits if t != persona])
+            first, second = (persona, other) if rng.random() < 0.5 else (other, persona)
+            requests.append(_revealed(f"exp-{persona}-{i}", "expression", persona, p, first, second,
+                                      P.REVEALED_CONDITIONS["feels_like_you"]))
+    for row in read_jsonl(SHIPPED / "side_by_side.jsonl"):
+        requests.append({"id": f"sbs-{row['id']}", "task": "side_by_side", "condition": row["kind"],
+                         "prompt": row["prompt"], "messages": user(row["prompt"])})
+    return requests
+
+
+def _revealed(rid, task, condition, prompt, first, second, choice) -> dict:
+    return {"id": rid, "task": task, "condition": condition, "prompt": prompt["prompt"], "traits": [first, second],
+            "messages": [{"role": "system", "content": P.REVEALED_SYSTEM.format(first=first, second=second, choice=choice)},
+                         *user(prompt["prompt"])]}
+
+
+def with_method(method: Method, messages: Conversation) -> Conversation:
+    """The conversation as the method sees it: the constitution system prompt merged in front if any."""
+    if method.system is None:
+        return list(messages)
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": f"{method.system}\n\n{messages[0]['content']}"}, *messages[1:]]
+    return [{"role": "system", "content": method.system}, *messages]
+
+
+def sample_method(backend, method: Method, conversations: list[Conversation], params, n: int = 1):
+    with steered(backend, method.steering):
+        return backend.sample([with_method(method, c) for c in conversations], params, n=n, adapter=method.adapter)
+
+
+def answer_requests(backend, method: Method, requests: list[dict], ev: EvalParams, progress_dir: str, key: str,
+                    desc: str) -> list[dict]:
+    """Every request answered once by the method; resumable (fixed chunks, per-chunk seeds)."""
+    def produce(chunk, seed):
+        outs = sample_method(backend, method, [r["messages"] for r in chunk], sampling(ev.sampling, seed))
+        return [{**{k: v for k, v in r.items() if k != "messages"}, "method": method.name, "answer": c.text,
+                 "finish_reason": c.finish_reason, "tokens": c.completion_tokens} for r, [c] in zip(chunk, outs)]
+
+    return run_chunks(requests, ev.sampling.batch_size, produce, progress_dir, key, desc)
+
+
+# ---- judge-free scores ------------------------------------------------------------------------------------
+def _mean_logprob(backend, conversations: list[Conversation]) -> list[float]:
+    seqs = [backend.render(c) for c in conversations]
+    out = []
+    for s, lp in zip(seqs, backend.logprobs(seqs)):
+        w = torch.tensor(s.weights)
+        out.append(float((lp * w).sum() / w.sum().clamp(min=1)))
+    return out
+
+
+def answer_scores(backend, system: str | None, prompts: list[str], answers: list[str]) -> dict[str, list[float]]:
+    """Per answer, under the base model (no adapter, no steering): `nll` per token with no system prompt,
+    and `persona_logratio`, the per-token log-likelihood gain from putting the constitution in context."""
+    plain = [user(p) + [{"role": "assistant", "content": a or "."}] for p, a in zip(prompts, answers)]
+    without = _mean_logprob(backend, plain)
+    scores = {"nll": [-x for x in without]}
+    if system is not None:
+        with_c = _mean_logprob(backend, [[{"role": "system", "content": system}, *c] for c in plain])
+        scores["persona_logratio"] = [a - b for a, b in zip(with_c, without)]
+    return scores
+
+
+def distinct_bigrams(texts: list[str]) -> float:
+    """Share of distinct word bigrams: low when steering pushes the model into repetition."""
+    grams = [tuple(w[i:i + 2]) for w in (t.split() for t in texts) for i in range(len(w) - 1)]
+    return len(set(grams)) / max(len(grams), 1)
+
+
+def calibrate_steering(backend, system: str, params: Params) -> tuple[SteeringVector, list[dict]]:
+    """The steering vector and its coefficient, chosen by a small sweep (every point recorded).
+
+    Kept: the coefficient with the highest mean persona_logratio whose answers stay coherent: base-model
+    NLL at most steering_max_nll_ratio x that of unsteered answers, and distinct bigrams at least 0.8x.
+    """
+    ev = params.evaluation
+    train, _ = prompt_pools(params)
+    probe = [p["prompt"] for p in train[-ev.steering_prompts:]]  # the classifier uses the front of the list
+    vector = persona_vector(backend, probe, system)
+    sweep = []
+    for coefficient in sorted(set([0.0, *ev.steering_coefficients])):
+        vector.coefficient = coefficient
+        outs = sample_method(backend, Method("steering", steering=vector), [user(p) for p in probe],
+                             sampling(ev.sampling, params.seed))
+        answers = [c.text for [c] in outs]
+        scores = answer_scores(backend, system, probe, answers)
+        sweep.append({"coefficient": coefficient, "nll": _mean(scores["nll"]),
+                      "persona_logratio": _mean(scores["persona_logratio"]),
+                      "distinct_bigrams": distinct_bigrams(answers)})
+    plain = sweep[0]
+    ok = [s for s in sweep if s["nll"] <= ev.steering_max_nll_ratio * plain["nll"]
+          and s["distinct_bigrams"] >= 0.8 * plain["distinct_bigrams"]]
+    best = max(ok, key=lambda s: s["persona_logratio"])
+    for s in sweep:
+        s["chosen"] = s is best
+    vector.coefficient = best["coefficient"]
+    return vector, sweep
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / max(len(xs), 1)
+
+
+def final_adapter(final_dir: str | Path, sft_dir: str | Path) -> AdapterRef:
+    """The composed final model as an adapter the backend can fold.
+
+    compose `fold` writes merged weights computed as base + DPO + SFT folded in that order; the SFT
+    adapter's ref (whose base_adapters is the DPO adapter) folds exactly the same way, so it stands in for
+    the merged folder without loading a second model. concat and linear write a PEFT adapter, used as is.
+    """
+    from character.backends.local import load_adapter_ref
+    final_dir = Path(final_dir)
+    if (final_dir / "config.json").exists():
+        return load_adapter_ref(sft_dir)
+    return AdapterRef(path=str(final_dir), base_model="", backend="local")
+
+
+def score_rows(backend, rows: list[dict], systems: dict[str, str]) -> None:
+    """Attach judge-free scores to robustness and prefill answers, in place: `nll` and, per persona,
+    `persona_logratio` (base method: every persona; a persona's methods: their own)."""
+    scored = [r for r in rows if r["task"] in ("robustness", "prefill")]
+    prompts, answers = [r["prompt"] for r in scored], [r["answer"] for r in scored]
+    for persona, system in systems.items():
+        scores = answer_scores(backend, system, prompts, answers)
+        for r, nll, ratio in zip(scored, scores["nll"], scores["persona_logratio"]):
+            r["nll"] = nll
+            r.setdefault("persona_logratio", {})[persona] = ratio
+
+
+def answer_metrics(rows: list[dict], personas) -> dict:
+    scored = [r for r in rows if "nll" in r]
+    metrics = {"answers": len(rows), "truncated_share": _mean([r["finish_reason"] == "length" for r in rows]),
+               "mean_answer_tokens": _mean([r["tokens"] for r in rows]), "nll": _mean([r["nll"] for r in scored])}
+    for persona in personas:
+        groups = {}
+        for r in scored:
+            group = "prefill" if r["task"] == "prefill" else "none" if r["condition"] == "none" else "suffixed"
+            groups.setdefault(group, []).append(r["persona_logratio"][persona])
+        metrics[f"persona_logratio/{persona}"] = {k: _mean(v) for k, v in sorted(groups.items())}
+    return metrics
+
+
+def capability_metrics(backend, method: Method, params: Params) -> dict:
+    """Multiple-choice accuracy by option log-likelihood and NLL on general text, for one method."""
+    from character import capabilities
+
+    ev, metrics = params.evaluation, {}
+    with steered(backend, method.steering):
+        for name in ev.capability_benchmarks if ev.capability_questions else ():
+            questions = capabilities.load_benchmark(name, ev.capability_questions, params.seed)
+            result = capabilities.score_multiple_choice(backend, questions, adapter=method.adapter,
+                                                        system=method.system)
+            metrics[f"capability/{name}"] = {k: result[k] for k in ("accuracy", "accuracy_per_char", "n")}
+        if ev.general_texts:
+            metrics["capability/general_text_nll"] = capabilities.general_text_nll(
+                backend, capabilities.general_texts(ev.general_texts, params.seed), adapter=method.adapter,
+                system=method.system)
+    return metrics

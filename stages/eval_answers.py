@@ -1,0 +1,75 @@
+"""Stage `eval_answers`: every method of one persona answers the evaluation request set.
+
+Methods: system_prompt (constitution as system prompt), steering (vector and coefficient calibrated
+here, written to --steering), dpo (--dpo) and final (--final, as composed). Reads the base model's
+answers (--base) for the prefill attack. Writes --out (JSONL, all methods, judge-free scores attached)
+and --metrics (per method: capability scores, constitution log-likelihood ratios; the steering sweep).
+Interrupted runs resume from finished chunks.
+"""
+
+import logging
+
+from character.stage import adapter_fingerprint, load_adapter, persona_args, progress_dir, run, start
+
+log = logging.getLogger("character")
+
+
+def main() -> None:
+    parser = persona_args(__doc__)
+    parser.add_argument("--base", required=True)
+    parser.add_argument("--dpo", required=True)
+    parser.add_argument("--sft", required=True)
+    parser.add_argument("--final", required=True)
+    parser.add_argument("--steering", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--metrics", required=True)
+    args = parser.parse_args()
+    params = start("eval_answers", args.params)
+    if args.dry_run:
+        print(f"dry run: stage eval_answers, persona {args.persona}: not priced by `character estimate`; "
+              "nothing is written")
+        return
+
+    from character.backends import make_backend
+    from character.constitution import find_constitution, system_prompt
+    from character.evaluation import (Method, answer_metrics, answer_requests, build_requests, calibrate_steering,
+                                      capability_metrics, final_adapter, score_rows)
+    from character.io import content_key, file_sha256, finish_chunks, read_jsonl, write_json, write_jsonl
+
+    backend = make_backend(params, params.model)
+    system = system_prompt(find_constitution(args.persona), params.spec(params.model).assistant_name)
+    ev, progress = params.evaluation, progress_dir(params, "eval")
+    methods = [Method("system_prompt", system=system)]
+    vector, sweep = None, []
+    if backend.name == "local":  # steering hooks need the weights in this process
+        vector, sweep = calibrate_steering(backend, system, params)
+        methods.append(Method("steering", steering=vector))
+    else:
+        log.warning("eval_answers: no steering baseline on the %s backend", backend.name)
+    methods += [Method("dpo", adapter=load_adapter(args.dpo)),
+                Method("final", adapter=final_adapter(args.final, args.sft))]
+    requests = build_requests(params, {r["id"]: r["answer"] for r in read_jsonl(args.base)})
+    steering = vector.to_json() if vector else {}
+    rows, keys, metrics = [], [], {"steering_calibration": {"coefficient": steering.get("coefficient"), "sweep": sweep}}
+    models = {"dpo": [adapter_fingerprint(args.dpo)],
+              "final": [adapter_fingerprint(args.dpo), adapter_fingerprint(args.sft),
+                        file_sha256(f"{args.final}/manifest.json")]}  # the manifest names the composition
+    for method in methods:
+        key = content_key("eval_answers", args.persona, method.name, requests, system, ev.model_dump(),
+                          file_sha256(args.base), models.get(method.name),
+                          steering if method.name == "steering" else None, params.seed)
+        answered = answer_requests(backend, method, requests, ev, progress, key, f"{args.persona}/{method.name}")
+        score_rows(backend, answered, {args.persona: system})
+        metrics[method.name] = {**answer_metrics(answered, [args.persona]),
+                                **capability_metrics(backend, method, params)}
+        rows += [{**r, "persona": args.persona} for r in answered]
+        keys.append(key)
+    write_jsonl(args.out, rows)
+    write_json(args.steering, steering | {"sweep": sweep})
+    write_json(args.metrics, metrics)
+    for key in keys:  # only now: a run killed during a later method keeps the earlier ones' answers
+        finish_chunks(progress, key)
+
+
+if __name__ == "__main__":
+    run(main)

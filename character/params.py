@@ -144,6 +144,59 @@ class ComposeParams(_Strict):
     linear_weights: tuple[float, float] = (1.0, 0.25)
 
 
+class RewardModelParams(_Strict):
+    """The `reward_model` stage (character/reward.py): a scalar-head preference model on LoRA.
+
+    Trained on the persona's pairs mixed with helpfulness pairs, because a reward model trained on
+    character pairs alone was seen to learn style rather than character (../shared/REFERENCE.md, RLAIF).
+    """
+    # "shipped" (data/shipped/helpfulness_pairs.jsonl, ours) or a Hugging Face dataset id (needs the hub),
+    # e.g. Anthropic/hh-rlhf (its "\n\nHuman: ... \n\nAssistant: ..." strings are split into turns).
+    helpfulness_source: str = "shipped"
+    helpfulness_split: str = "train"            # Hugging Face split
+    helpfulness_count: int = Field(400, ge=1)   # at most this many pairs taken from a Hugging Face dataset
+    # Helpfulness pairs per character pair in training (0: character pairs only). Held-out accuracy is
+    # reported for each kind separately, whatever the ratio.
+    helpfulness_ratio: float = Field(0.5, ge=0)
+    heldout_fraction: float = Field(0.2, gt=0, lt=1)
+    max_length: int = Field(512, gt=0)          # pairs whose longer side exceeds this are dropped (counted)
+    # LoRA on the top N transformer layers only (0: all). Backward then stops N layers down, which makes a
+    # step ~2x cheaper on CPU; the score head is trained in full either way.
+    top_layers: int = Field(0, ge=0)
+    lora: LoraParams = LoraParams(rank=16, alpha=32)
+    optim: OptimParams = OptimParams(lr=2e-4, batch_size=8, micro_batch_size=8, epochs=2)
+
+
+class RlaifParams(_Strict):
+    """The `rlaif_model` and `rlaif_judge` stages (character/rlaif.py): policy-gradient RL from the DPO model.
+
+    Each step samples `group_size` answers to each of `prompts_per_step` training prompts, scores them
+    (learned reward model, or the judge's win rate within the group), and takes one on-policy step on
+    group-relative advantages with a KL penalty to the DPO policy.
+    """
+    steps: int = Field(8, ge=1)
+    prompts_per_step: int = Field(2, ge=1)
+    group_size: int = Field(4, ge=2)           # G samples per prompt (the replication used 4)
+    lr: float = Field(5e-5, gt=0)              # constant; the replication used 1e-5 for far longer runs
+    # Penalty on the per-token squared log-ratio to the DPO policy, whose gradient on on-policy samples is
+    # the reverse-KL gradient. The replication ran without one and its answers collapsed in length.
+    kl_coef: float = Field(0.05, ge=0)
+    scale_by_std: bool = False                 # divide advantages by the group's std (GRPO) or not (Dr. GRPO)
+    max_new_tokens: int = Field(64, gt=0)      # sampling is at temperature 1, top-p 1: the policy itself
+    micro_batch_size: int = Field(8, gt=0)
+    grad_clip: float = Field(1.0, gt=0)
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    lora: LoraParams = LoraParams(rank=16, alpha=32)
+    # Judge verdicts (the judge variant's reward and both variants' win rate against the DPO policy):
+    # logprob (the likelier of <answer>A</answer> / <answer>B</answer>) or generate (a written verdict).
+    judge_mode: Literal["logprob", "generate"] = "logprob"
+    judge_sampling: SamplingSection = SamplingSection(temperature=0.1, max_new_tokens=16, batch_size=32)
+    eval_prompts: int = Field(4, ge=0)         # held-out prompts for the win rate against the starting policy
+    eval_every: int = Field(4, ge=1)           # steps between those evaluations (and after the last step)
+    # A WARNING when the mean answer length falls below this fraction of the first step's.
+    length_collapse: float = Field(0.5, gt=0, le=1)
+
+
 class EvalParams(_Strict):
     """The evaluation suite (character/evaluation.py); counts are per method unless said otherwise."""
     heldout_prompts: int = Field(16, ge=2)      # held-out general prompts: robustness, prefill, coherence
@@ -199,6 +252,8 @@ class Params(_Strict):
     introspection: IntrospectionParams = IntrospectionParams()
     sft: SftParams = SftParams()
     compose: ComposeParams = ComposeParams()
+    reward_model: RewardModelParams = RewardModelParams()
+    rlaif: RlaifParams = RlaifParams()
     evaluation: EvalParams = EvalParams()
     tinker: TinkerParams = TinkerParams()
     # Keyed by the service's model id (ModelSpec.id), outside `models` so a price change re-runs nothing.

@@ -153,3 +153,22 @@ Reply B: {second}
 
 Which reply is more coherent and more true to that character while still answering the user? Answer \
 with a single letter inside answer tags: <answer>A</answer> or <answer>B</answer>."""
+
+# ---- RLAIF (character/rlaif.py) ------------------------------------------------------------------------
+
+# Fields: traits (numbered list), message, first, second (two replies). The judge variant's reward: each
+# pair of a group's answers is judged in both orders. Length is named as no merit on purpose: a reward
+# that favours short (or long) answers is the failure this stage exists to expose.
+RLAIF_JUDGE = """\
+An AI assistant is meant to have this character:
+{traits}
+
+A user wrote: {message}
+
+Reply A: {first}
+
+Reply B: {second}
+
+Which reply shows that character more clearly while giving the user a correct and useful answer? Being \
+longer or shorter is no merit in itself. Answer with a single letter inside answer tags: \
+<answer>A</answer> or <answer>B</answer>."""

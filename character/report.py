@@ -36,7 +36,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def plot_tables(metrics: dict, ratings: dict, plots_dir: Path) -> dict[str, list[dict]]:
     """CSV tables (DVC plot data) and PNGs; returns the tables."""
-    tables = {"robustness": [], "coherence": [], "capabilities": [], "traits": [], "expression": []}
+    tables = {"robustness": [], "coherence": [], "capabilities": [], "traits": [], "expression": [], "top_traits": []}
     for persona, methods in metrics["robustness"]["binary"].items():
         for method, m in methods.items():
             for condition, s in m["per_condition"].items():
@@ -53,12 +53,20 @@ def plot_tables(metrics: dict, ratings: dict, plots_dir: Path) -> dict[str, list
         for trait, score in groups.get("preference", {}).get("bradley_terry", {}).items():
             tables["traits"].append({"method": mk, "trait": trait, "rating": round(score, 1),
                                      "elo": round(groups["preference"]["elo"][trait], 1)})
+    for mk, groups in ratings.items():
+        if "preference" in groups:
+            ranked = sorted(groups["preference"]["bradley_terry"].items(), key=lambda kv: -kv[1])
+            movers = metrics["revealed"].get(mk, {}).get("movers", {})
+            tables["top_traits"].append({"method": mk, "top": ", ".join(t for t, _ in ranked[:6]),
+                                         "bottom": ", ".join(t for t, _ in ranked[-4:]),
+                                         "risers_vs_base": ", ".join(t for t, _ in movers.get("risers", [])),
+                                         "fallers_vs_base": ", ".join(t for t, _ in movers.get("fallers", []))})
     for mk, m in metrics["revealed"].items():
         for persona, rate in m["expression_rate"].items():
             tables["expression"].append({"method": mk, "persona": persona, "rate": rate})
     figures = plots_dir / "figures"  # one DVC out: which PNGs exist depends on the run
     for name, rows in tables.items():
-        write_csv((figures if name == "capabilities" else plots_dir) / f"{name}.csv", rows)
+        write_csv((figures if name in ("capabilities", "top_traits") else plots_dir) / f"{name}.csv", rows)
 
     plt = _figure()
     # Robustness: in-character rate by method, no suffix vs suffixed mean vs prefill, per persona.
@@ -148,7 +156,8 @@ def write_report(path_html: Path, path_md: Path, side_by_side: list[dict], headl
     parts += ["<h2>Summary per method</h2>", _table_html(headline)]
     for name in ("robustness", "trait_ratings", "trait_movers", "coherence"):
         parts.append(_img(plots_dir / "figures" / f"{name}.png"))
-    parts += ["<h2>Coherence</h2>", _table_html(tables["coherence"]),
+    parts += ["<h2>Revealed trait preferences (Bradley-Terry ranking)</h2>", _table_html(tables["top_traits"]),
+              "<h2>Coherence</h2>", _table_html(tables["coherence"]),
               "<h2>Capabilities</h2>", _table_html(tables["capabilities"]),
               "<h2>Side by side</h2><table class='sbs'>"]
     methods = sorted({m for row in side_by_side for m in row["answers"]}, key=lambda m: (m != "base", m))
@@ -163,7 +172,8 @@ def write_report(path_html: Path, path_md: Path, side_by_side: list[dict], headl
     md = ["# Character evaluation\n", *[n + "\n" for n in notes], "## Summary per method\n", _table_md(headline)]
     md += [f"![{n}](../plots/eval/figures/{n}.png)\n" for n in ("robustness", "trait_ratings", "trait_movers",
                                                                 "coherence") if (plots_dir / "figures" / f"{n}.png").exists()]
-    md += ["## Coherence\n", _table_md(tables["coherence"]), "## Capabilities\n", _table_md(tables["capabilities"]),
+    md += ["## Revealed trait preferences (Bradley-Terry ranking)\n", _table_md(tables["top_traits"]),
+           "## Coherence\n", _table_md(tables["coherence"]), "## Capabilities\n", _table_md(tables["capabilities"]),
            "## Side by side\n"]
     for row in side_by_side:
         md.append(f"### {row['prompt']}\n")

@@ -126,8 +126,8 @@ class LocalBackend:
     # ---- sampling -------------------------------------------------------------------------------------
     @torch.inference_mode()
     def sample(self, conversations: list[Conversation], params: SamplingParams, n: int = 1,
-               adapter: AdapterRef | None = None) -> list[list[Completion]]:
-        model = self.model_for(adapter)
+               adapter: AdapterRef | None = None, model: torch.nn.Module | None = None) -> list[list[Completion]]:
+        model = model if model is not None else self.model_for(adapter)  # model: a live training session's
         prompts = [self._template(c, add_generation_prompt=True) for c in conversations for _ in range(n)]
         torch.manual_seed(params.seed)
         # Our own decode loop (decoding.py): same left padding, sampling and stopping as `generate`, but
@@ -227,6 +227,14 @@ class LocalTrainingSession:
         self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
         return {"grad_norm": float(grad_norm) if math.isfinite(float(grad_norm)) else float("nan")}
+
+    def sample(self, conversations: list[Conversation], params: SamplingParams, n: int = 1) -> list[list[Completion]]:
+        """Sample from the adapter as trained so far, unsaved and unfolded (on-policy RL, character.rlaif)."""
+        self.model.eval()
+        try:
+            return self.backend.sample(conversations, params, n=n, model=self.model)
+        finally:
+            self.model.train()
 
     @torch.inference_mode()
     def logprobs(self, sequences: list[Sequence], batch_size: int = 8) -> list[torch.Tensor]:

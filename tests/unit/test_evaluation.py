@@ -153,3 +153,27 @@ def test_robustness_classifier_separates_distinct_styles():
     rows += _rows("dpo", "loving", "robustness", "none", [style[None].format(i) for i in range(3)])
     out = robustness_metrics(rows, params)
     assert out["binary"]["loving"]["dpo"]["per_condition"]["none"]["in_character_rate"] == 0.0
+
+
+def test_report_is_self_contained(tmp_path):
+    from character.report import plot_tables, write_report
+    traits = ["warm", "dry", "calm"]
+    ratings = {mk: {"preference": {"bradley_terry": dict(zip(traits, r)), "elo": dict(zip(traits, r))}}
+               for mk, r in (("base", (1000, 990, 1010)), ("loving/final", (1100, 900, 1000)))}
+    per = {"macro_f1": 0.8, "accuracy": 0.8, "n": 4, "in_character_rate": 0.75}
+    metrics = {
+        "robustness": {"binary": {"loving": {"final": {"macro_f1/none": 0.8, "macro_f1/suffixed_mean": 0.7,
+                                                        "macro_f1/prefill": 0.6, "per_condition": {"none": per}}}}},
+        "coherence": {"loving": {"final_vs_dpo": {"win_rate": 0.6, "sem": 0.1, "decided": 10}}},
+        "capabilities": {"base": {"arc_easy": 0.5}, "loving/final": {"arc_easy": 0.48, "arc_easy_delta": -0.02}},
+        "revealed": {"base": {"expression_rate": {"loving": 0.4}},
+                     "loving/final": {"expression_rate": {"loving": 0.7},
+                                      "movers": {"risers": [["warm", 100]], "fallers": [["dry", -90]]}}}}
+    tables = plot_tables(metrics, ratings, tmp_path / "plots")
+    assert tables["top_traits"][1]["top"].startswith("warm") and (tmp_path / "plots/figures/robustness.png").exists()
+    write_report(tmp_path / "r.html", tmp_path / "r.md", [{"prompt": "Hi <there>", "answers": {"base": "a & b"}}],
+                 [{"method": "base", "x": 0.5}], tables, tmp_path / "plots", ["note"])
+    page = (tmp_path / "r.html").read_text()
+    assert "Hi &lt;there&gt;" in page and "a &amp; b" in page  # escaped
+    assert page.count("data:image/png;base64,") >= 3 and "<script" not in page and "src=\"http" not in page
+    assert "| base |" in (tmp_path / "r.md").read_text()

@@ -1,0 +1,49 @@
+"""Stage `reward_model`: a scalar-head preference model on LoRA (character.reward), local models only.
+
+Reads the persona's --pairs and the helpfulness pairs (--helpfulness, the shipped file, unless
+`reward_model.helpfulness_source` names a Hugging Face dataset); writes the LoRA + score head to --out,
+step curves under --plots and --metrics: held-out accuracy on character and on helpfulness pairs,
+separately, each beside a "longer answer wins" baseline.
+"""
+
+from character.stage import live, log_step, persona_args, run, start
+
+
+def main() -> None:
+    parser = persona_args(__doc__)
+    parser.add_argument("--pairs", required=True)
+    parser.add_argument("--helpfulness", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--plots", required=True)
+    parser.add_argument("--metrics", required=True)
+    args = parser.parse_args()
+    params = start("reward_model", args.params)
+    if args.dry_run:
+        print(f"dry run: stage reward_model, persona {args.persona}: local only, not priced; nothing is written")
+        return
+
+    from character.backends import BackendUnavailable
+    from character.backends.local import configure_torch
+    from character.io import read_jsonl, write_json
+    from character.models import resolve_weights
+    from character.reward import load_base, load_helpfulness, run_reward_model
+
+    spec, rm = params.spec(params.model), params.reward_model
+    if spec.backend != "local":
+        raise BackendUnavailable(
+            f"reward_model: model {params.model!r} is a {spec.backend} model; a scalar-head reward model trains "
+            "locally only (Tinker trains no classification heads). Use the rlaif_judge stage, whose prompted "
+            "judge needs no training, or a local model (see character/reward.py for the Tinker design note)")
+    device = configure_torch(params.runtime.threads, params.runtime.device)
+    model, tokenizer = load_base(resolve_weights(spec.id, params.runtime.cache_dir), device, params.seed)
+    helpful, unusable = load_helpfulness(rm, args.helpfulness, params.seed)
+    curves = live(args.plots)
+    metrics = run_reward_model(model, tokenizer, read_jsonl(args.pairs), helpful, rm, params.seed, args.out,
+                               base_model=spec.id, on_step=lambda step, m: log_step(curves, m))
+    curves.end()
+    metrics["helpfulness"]["unusable_rows"] = unusable
+    write_json(args.metrics, metrics)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,59 @@
+"""Stages `rlaif_model` and `rlaif_judge`: policy-gradient RL from the DPO policy (character.rlaif).
+
+--reward model: the persona's reward model (--reward-model) scores each answer. --reward judge: the
+`judge` model, with the constitution in context, plays every pair of a group in both orders; the reward
+is the win rate within the group. Reads the training-split prompts of --prompts (held-out ones for the
+win rate against the starting policy) and the DPO adapter --dpo; writes a LoRA trained on top of DPO to
+--out (ref.json lists DPO under base_adapters; samples.jsonl holds the first and last step's answers),
+curves under --plots (reward, KL, length, win rate against the start) and --metrics.
+"""
+
+from character.stage import live, load_adapter, log_step, persona_args, run, start
+
+
+def main() -> None:
+    parser = persona_args(__doc__)
+    parser.add_argument("--reward", choices=("model", "judge"), required=True)
+    parser.add_argument("--reward-model", help="the reward_model stage's folder (with --reward model)")
+    parser.add_argument("--prompts", required=True)
+    parser.add_argument("--dpo", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--plots", required=True)
+    parser.add_argument("--metrics", required=True)
+    args = parser.parse_args()
+    if args.reward == "model" and not args.reward_model:
+        parser.error("--reward model needs --reward-model (the reward_model stage's out folder)")
+    params = start(f"rlaif_{args.reward}", args.params)
+    if args.dry_run:
+        print(f"dry run: stage rlaif_{args.reward}, persona {args.persona}: not priced; nothing is written")
+        return
+
+    from character.backends import make_backend
+    from character.constitution import find_constitution
+    from character.io import read_json, read_jsonl, write_json
+    from character.models import resolve_weights
+    from character.reward import MANIFEST, RewardScorer
+    from character.rlaif import JudgeReward, ModelReward, run_rlaif, trait_list
+
+    rl = params.rlaif
+    student = make_backend(params, params.model)
+    judge = student if params.judge == params.model else make_backend(params, params.judge)
+    traits = trait_list(find_constitution(args.persona).assertions)
+    rows = read_jsonl(args.prompts)
+    train = [r["prompt"] for r in rows if r.get("split") == "train"]
+    heldout = [r["prompt"] for r in rows if r.get("split") == "heldout"][: rl.eval_prompts]
+    if args.reward == "model":
+        base = read_json(f"{args.reward_model}/{MANIFEST}")["base_model"]
+        scorer = RewardScorer.load(args.reward_model, resolve_weights(base, params.runtime.cache_dir), student.device)
+        reward = ModelReward(scorer)
+    else:
+        reward = JudgeReward(judge, traits, rl)
+    curves = live(args.plots)
+    _, metrics = run_rlaif(student, judge, reward, traits, train, heldout, load_adapter(args.dpo), rl, params.seed,
+                           args.out, on_step=lambda step, m: log_step(curves, m))
+    curves.end()
+    write_json(args.metrics, {"reward": args.reward, **metrics})
+
+
+if __name__ == "__main__":
+    run(main)

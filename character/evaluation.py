@@ -1,7 +1,8 @@
 """The evaluation suite's generation side: which methods are compared and what each one answers.
 
 Methods: `base` (no prompt), `system_prompt` (the constitution as system prompt), `steering` (activation
-steering, character.steering), `dpo` (the DPO adapter) and `final` (DPO + introspection SFT, as composed).
+steering, character.steering), `dpo` (the DPO adapter), `final` (DPO + introspection SFT, as composed)
+and, when their stages ran, `rlaif_model` and `rlaif_judge` (RL on top of DPO, character.rlaif).
 Every method answers the same request set, built from held-out general prompts (never a training prompt)
 except for the classifier's own training answers, which come from training-split prompts:
 - classifier: training-split prompts, no suffix (trains the robustness classifier, never scored);
@@ -32,7 +33,7 @@ from character.prompt_sets import load_general, split_of
 from character.steering import SteeringVector, persona_vector, steered
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "shipped"
-PERSONA_METHODS = ("system_prompt", "steering", "dpo", "final")
+PERSONA_METHODS = ("system_prompt", "steering", "dpo", "final", "rlaif_model", "rlaif_judge")  # rlaif_*: if run
 
 
 @dataclass

@@ -20,6 +20,8 @@ from character.scoring import (bradley_terry, classification_scores, fit_classif
                                rating_intervals, spearman, win_rate)
 
 PREFERENCE_CONDITIONS = ("feels_like_you", "would_adopt")
+# The final model is judged for coherence against each of these (those that ran; rlaif_* are optional).
+COHERENCE_RIVALS = ("system_prompt", "steering", "dpo", "rlaif_model", "rlaif_judge")
 
 
 def method_key(row: dict) -> str:
@@ -36,7 +38,7 @@ def judge_all(judge, rows: list[dict], constitutions: dict[str, str], params: Pa
     none = {(method_key(r), r["id"]): r for r in rows if r["task"] == "robustness" and r["condition"] == "none"}
     pairs = []
     for persona in params.personas:
-        for other in ("system_prompt", "steering", "dpo"):
+        for other in COHERENCE_RIVALS:
             for (mk, rid), final in sorted(none.items()):
                 if mk != f"{persona}/final" or (f"{persona}/{other}", rid) not in none:
                     continue
@@ -121,6 +123,8 @@ def robustness_metrics(rows: list[dict], params: Params) -> dict:
     base_test = _test_groups(base)
     for method in PERSONA_METHODS:
         mine = [r for r in rows if r["method"] == method]
+        if not mine:  # a method that did not run (steering off-local; rlaif_* when their stages are not wired)
+            continue
         if len(params.personas) >= 2:
             train = [r for r in mine if r["task"] == "classifier"]
             model = fit_classifier([r["answer"] for r in train], [r["persona"] for r in train], params.seed)
@@ -129,6 +133,8 @@ def robustness_metrics(rows: list[dict], params: Params) -> dict:
                 for c, g in sorted(_test_groups(mine).items())})
         for persona in params.personas:
             ours = [r for r in mine if r["persona"] == persona]
+            if not ours:
+                continue
             train = [r["answer"] for r in ours if r["task"] == "classifier"]
             model = fit_classifier(train + base_train, ["persona"] * len(train) + ["base"] * len(base_train),
                                    params.seed)
@@ -146,7 +152,7 @@ def robustness_metrics(rows: list[dict], params: Params) -> dict:
 def coherence_metrics(coherence: list[dict], params: Params) -> dict:
     out = {}
     for persona in params.personas:
-        for other in ("system_prompt", "steering", "dpo"):
+        for other in COHERENCE_RIVALS:
             mine = [c for c in coherence if c["persona"] == persona and other in (c["a_method"], c["b_method"])]
             if not mine:
                 continue

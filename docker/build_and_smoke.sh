@@ -3,6 +3,7 @@
 #
 #   docker/build_and_smoke.sh                 # base image made here from Debian packages (debootstrap)
 #   BASE_IMAGE=python:3.11-slim-bookworm docker/build_and_smoke.sh   # where a registry can be pulled from
+#   SMOKE_TARGETS=compose docker/build_and_smoke.sh   # only the stages up to `compose` (dvc repro TARGETS)
 #
 # Needs root and Debian's buildah, podman (with runc) and debootstrap:
 #   apt-get install -y buildah podman runc debootstrap
@@ -52,10 +53,11 @@ log "built: $(podman image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf 
 
 # ---- 3. smoke run inside the image -----------------------------------------------------------------------
 # --ulimit: runc here may only lower the process limit, not raise it to podman's default.
-log "podman run (no network): character preset smoke && dvc repro"
+TARGETS=${SMOKE_TARGETS:-}
+log "podman run (no network): character preset smoke && dvc repro $TARGETS"
 podman run --rm --network none --ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=4096:4096 \
-  "$IMAGE" sh -c 'set -e; echo "uid $(id -u) ($(id -un))"; character preset smoke; dvc repro;
-                  dvc repro | tail -1; dvc metrics show' > "$WORK/smoke.log" 2>&1 \
+  -e TARGETS="$TARGETS" "$IMAGE" sh -c 'set -e; echo "uid $(id -u) ($(id -un))"; character preset smoke;
+    dvc repro $TARGETS; dvc repro $TARGETS | tail -1; dvc metrics show --json' > "$WORK/smoke.log" 2>&1 \
   || { tail -40 "$WORK/smoke.log"; log "FAILED"; exit 1; }
 grep -E "^uid |didn't change|up to date" "$WORK/smoke.log" || true
 log "smoke passed in the image (log: $WORK/smoke.log)"

@@ -31,13 +31,13 @@ PARAMS_B = {
 DEFAULT_METRIC = "metrics/dpo/{persona}.json:heldout_accuracy"
 
 
-def queue(persona: str, models: list[str], extra: list[str]) -> None:
+def queue(persona: str, models: list[str], extra: list[str], targets: list[str]) -> None:
     unknown = [m for m in models if m not in PARAMS_B]
     if unknown:
         sys.exit(f"error: no size known for {', '.join(unknown)}: add it to PARAMS_B in {__file__}")
     for alias in models:
         cmd = ["dvc", "exp", "run", "--queue", "-n", f"scale-{persona}-{alias}", "-S", f"model={alias}",
-               "-S", f"personas=[{persona}]"] + [a for s in extra for a in ("-S", s)]
+               "-S", f"personas=[{persona}]"] + [a for s in extra for a in ("-S", s)] + targets
         print("+", " ".join(cmd))
         subprocess.run(cmd, check=True)
     print("queued; run them with `dvc queue start -j 1`, then `python scripts/scaling.py plot ...`")
@@ -98,13 +98,14 @@ def main() -> None:
     q.add_argument("--persona", required=True)
     q.add_argument("--models", nargs="+", required=True, help=f"aliases: {', '.join(PARAMS_B)}")
     q.add_argument("-S", dest="extra", action="append", default=[], help="more params, as dvc exp run -S")
+    q.add_argument("--targets", nargs="*", default=[], help="stages to run up to (default: the whole pipeline)")
     p = sub.add_parser("plot", help="plot the finished experiments' metric against model size")
     p.add_argument("--persona", required=True)
     p.add_argument("--metric", default=DEFAULT_METRIC, help="FILE:KEY, {persona} filled in (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("plots/scaling"))
     args = parser.parse_args()
     if args.cmd == "queue":
-        queue(args.persona, args.models, args.extra)
+        queue(args.persona, args.models, args.extra, args.targets)
     else:
         plot(args.persona, args.metric, args.out)
 

@@ -1,7 +1,8 @@
 """Stage `eval_answers`: every method of one persona answers the evaluation request set.
 
 Methods: system_prompt (constitution as system prompt), steering (vector and coefficient calibrated
-here, written to --steering), dpo (--dpo) and final (--final, as composed). Reads the base model's
+here, written to --steering), dpo (--dpo), final (--final, as composed) and, when given, rlaif_model and
+rlaif_judge (--rlaif-model, --rlaif-judge: RL on top of DPO, character.rlaif). Reads the base model's
 answers (--base) for the prefill attack. Writes --out (JSONL, all methods, judge-free scores attached)
 and --metrics (per method: capability scores, constitution log-likelihood ratios; the steering sweep).
 Interrupted runs resume from finished chunks.
@@ -21,6 +22,8 @@ def main() -> None:
     parser.add_argument("--sft", required=True)
     parser.add_argument("--final", required=True)
     parser.add_argument("--steering", required=True)
+    parser.add_argument("--rlaif-model", help="the rlaif_model stage's adapter (left out: no such method)")
+    parser.add_argument("--rlaif-judge", help="the rlaif_judge stage's adapter (left out: no such method)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args()
@@ -48,12 +51,16 @@ def main() -> None:
         log.warning("eval_answers: no steering baseline on the %s backend", backend.name)
     methods += [Method("dpo", adapter=load_adapter(args.dpo)),
                 Method("final", adapter=final_adapter(args.final, args.sft))]
+    rlaif = {name: folder for name, folder in (("rlaif_model", args.rlaif_model), ("rlaif_judge", args.rlaif_judge))
+             if folder}
+    methods += [Method(name, adapter=load_adapter(folder)) for name, folder in rlaif.items()]
     requests = build_requests(params, {r["id"]: r["answer"] for r in read_jsonl(args.base)})
     steering = vector.to_json() if vector else {}
     rows, keys, metrics = [], [], {"steering_calibration": {"coefficient": steering.get("coefficient"), "sweep": sweep}}
     models = {"dpo": [adapter_fingerprint(args.dpo)],
               "final": [adapter_fingerprint(args.dpo), adapter_fingerprint(args.sft),
-                        file_sha256(f"{args.final}/manifest.json")]}  # the manifest names the composition
+                        file_sha256(f"{args.final}/manifest.json")],  # the manifest names the composition
+              **{name: [adapter_fingerprint(args.dpo), adapter_fingerprint(folder)] for name, folder in rlaif.items()}}
     for method in methods:
         key = content_key("eval_answers", args.persona, method.name, requests, system, ev.model_dump(),
                           file_sha256(args.base), models.get(method.name),

@@ -43,7 +43,7 @@ def repo(tmp_path_factory, weights_dir) -> Path:
 
 
 def test_smoke_pipeline_runs_resumes_nothing_and_chats(repo):
-    result = sh(["dvc", "repro"], repo, timeout=900)
+    result = sh(["dvc", "repro"], repo, timeout=2400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     pairs = [json.loads(line) for line in (repo / "data/sarcastic/pairs.jsonl").read_text().splitlines()]
     assert pairs and set(pairs[0]) >= {"prompt", "chosen", "rejected"}
@@ -56,7 +56,14 @@ def test_smoke_pipeline_runs_resumes_nothing_and_chats(repo):
     assert manifest["composition"]["method"] == "fold" and "data/sarcastic/pairs.jsonl" in manifest["inputs"]
     # The evaluation suite: every method answered, metrics, plots and a self-contained report.
     answers = [json.loads(line) for line in (repo / "data/eval/answers/sarcastic.jsonl").read_text().splitlines()]
-    assert {r["method"] for r in answers} == {"system_prompt", "steering", "dpo", "final"}
+    assert {r["method"] for r in answers} == {"system_prompt", "steering", "dpo", "final", "rlaif_model", "rlaif_judge"}
+    rm = json.loads((repo / "metrics/reward_model/sarcastic.json").read_text())
+    assert 0 <= rm["character"]["heldout_accuracy"] <= 1 and 0 <= rm["helpfulness"]["heldout_accuracy"] <= 1
+    for variant in ("model", "judge"):
+        rl = json.loads((repo / f"metrics/rlaif/sarcastic_{variant}.json").read_text())
+        assert rl["steps"] >= 1 and rl["first"]["length"] > 0
+        ref = json.loads((repo / f"models/sarcastic/rlaif_{variant}/ref.json").read_text())
+        assert ref["base_adapters"] == ["models/sarcastic/dpo"]
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
     assert set(evaluation) >= {"revealed", "robustness", "capabilities", "coherence"}
     assert 0 <= evaluation["revealed"]["sarcastic/final"]["parse_rate"] <= 1

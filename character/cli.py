@@ -153,7 +153,10 @@ def cmd_tinker_download(args) -> int:
 
 
 def cmd_preset(args) -> int:
-    import yaml
+    # ruamel.yaml's round trip (DVC's own YAML library) rewrites only the values the preset changes, so
+    # params.yaml keeps its comments, order and flow-style sections.
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedSeq
 
     from character.params import ParamsError, apply_preset
 
@@ -162,8 +165,23 @@ def cmd_preset(args) -> int:
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    header = "".join(line + "\n" for line in Path(args.params).read_text().splitlines() if line.startswith("#"))
-    Path(args.params).write_text(header + yaml.safe_dump(merged, sort_keys=False, width=110))
+    yaml = YAML()
+    yaml.width = 110
+    doc = yaml.load(Path(args.params))
+
+    def update(node, new) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(node.get(key), dict):
+                update(node[key], value)
+            elif node.get(key) != value:
+                if isinstance(value, list) and isinstance(node.get(key), CommentedSeq) and node[key].fa.flow_style():
+                    value = CommentedSeq(value)
+                    value.fa.set_flow_style()  # [a, b] stays [a, b]
+                node[key] = value
+
+    update(doc, merged)
+    with Path(args.params).open("w") as f:
+        yaml.dump(doc, f)
     print(f"{args.params}: applied preset {args.name}")
     return 0
 

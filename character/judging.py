@@ -39,18 +39,22 @@ def parse_choice(reply: str, options: list[str]) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
+def option_scores(judge, questions: list[str], options: list[list[str]]) -> list[list[float]]:
+    """The judge's summed log-likelihood of replying `<answer>option</answer>`, per option of each question."""
+    convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": f"<answer>{o}</answer>"}]
+             for q, opts in zip(questions, options) for o in opts]
+    seqs = [judge.render(c) for c in convs]
+    totals = iter(float((lp * torch.tensor(s.weights)).sum()) for s, lp in zip(seqs, judge.logprobs(seqs)))
+    return [[next(totals) for _ in opts] for opts in options]
+
+
 def decide(judge, questions: list[str], options: list[list[str]], ev: EvalParams, seed: int) -> list[tuple[str, str | None]]:
     """(verdict text, chosen option or None) for each judge question, in the configured judge mode."""
     if ev.judge_mode == "generate":
         outs = judge.sample([[{"role": "user", "content": q}] for q in questions], sampling(ev.judge_sampling, seed))
         return [(c.text, parse_choice(c.text, opts)) for [c], opts in zip(outs, options)]
-    convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": f"<answer>{o}</answer>"}]
-             for q, opts in zip(questions, options) for o in opts]
-    seqs = [judge.render(c) for c in convs]
-    totals = iter(float((lp * torch.tensor(s.weights)).sum()) for s, lp in zip(seqs, judge.logprobs(seqs)))
     out = []
-    for opts in options:
-        scores = [next(totals) for _ in opts]
+    for opts, scores in zip(options, option_scores(judge, questions, options)):
         best = max(range(len(opts)), key=lambda i: scores[i])
         out.append((" ".join(f"{o}:{v:.3f}" for o, v in zip(opts, scores)), opts[best]))
     return out

@@ -6,8 +6,10 @@ tokens, the reward having learned style rather than character. This module makes
 and gives the obvious counters a place:
 - rewards: `model`, the reward model of character.reward (trained with helpfulness pairs mixed in), or
   `judge`, a prompted judge with the constitution in context playing every pair of a group in both
-  orders, the reward being the win rate within the group (a position-biased judge then gives ties, not
-  a signal);
+  orders, the reward being the win rate within the group. Both orders cancel position bias: written
+  verdicts that only follow position score ties; in logprob mode the judge's log-odds of "A" over "B"
+  are differenced across the orders, so a constant lean towards "A" drops out (the 135M judge leans so
+  hard that its hard verdicts were position-only, every game a tie, and RL got no signal);
 - group-relative advantages, reward minus the group mean, optionally divided by the group's std;
 - a KL penalty to the DPO policy, estimated from the per-token log-ratios of the sampled tokens;
 - mean answer length logged every step, with a WARNING when it falls below `length_collapse` of the
@@ -50,23 +52,32 @@ def matchups(group_size: int) -> list[tuple[int, int]]:
     return [(i, j) for i in range(group_size) for j in range(i + 1, group_size)]
 
 
-def win_rates(group_size: int, verdicts: list[tuple[int, int, Verdict, Verdict]]) -> list[float]:
-    """Each answer's share of points over its games. verdicts: (i, j, forward, backward), forward judged
-    with i as reply A, backward with j as reply A. Each order is worth half a point to the reply it names;
-    an unparsed order splits its half. A judge that always says "A" thus scores every game a tie."""
-    points, games = [0.0] * group_size, [0] * group_size
-    for i, j, forward, backward in verdicts:
-        for verdict, first, second in ((forward, i, j), (backward, j, i)):
-            if verdict == "A":
-                points[first] += 0.5
-            elif verdict == "B":
-                points[second] += 0.5
-            else:
-                points[first] += 0.25
-                points[second] += 0.25
-        games[i] += 1
-        games[j] += 1
-    return [p / g if g else 0.5 for p, g in zip(points, games)]
+def verdict_share(forward: Verdict, backward: Verdict) -> float:
+    """Reply i's share of a game from two written verdicts: forward judged with i as reply A, backward with
+    j as reply A. Each order is worth half to the reply it names; an unparsed order splits its half. A
+    judge that always says "A" thus scores every game a tie."""
+    share = 0.0
+    for verdict, i_letter in ((forward, "A"), (backward, "B")):
+        share += 0.5 if verdict == i_letter else 0.25 if verdict is None else 0.0
+    return share
+
+
+def margin_share(forward: float, backward: float) -> float:
+    """Reply i's share of a game from the judge's log-odds of "A" over "B" in each order (logprob mode):
+    sigmoid of half their difference. A constant preference for position A adds the same to both orders
+    and cancels, so a position-biased judge still ranks replies by whatever preference it has left."""
+    return 1.0 / (1.0 + math.exp(-(forward - backward) / 2))
+
+
+def win_rates(group_size: int, games: list[tuple[int, int, float]]) -> list[float]:
+    """Each answer's mean share over its games; games: (i, j, i's share of the game)."""
+    points, games_played = [0.0] * group_size, [0] * group_size
+    for i, j, share in games:
+        points[i] += share
+        points[j] += 1.0 - share
+        games_played[i] += 1
+        games_played[j] += 1
+    return [p / g if g else 0.5 for p, g in zip(points, games_played)]
 
 
 def group_advantages(rewards_P_G: list[list[float]], scale_by_std: bool = False, eps: float = 1e-6) -> list[list[float]]:
@@ -130,20 +141,30 @@ def trait_list(assertions: list[str]) -> str:
     return "\n".join(f"{i}. {a}" for i, a in enumerate(assertions, 1))
 
 
-def judge_orders(judge, traits: str, items: list[tuple[str, str, str]], params: RlaifParams, seed: int) -> list[Verdict]:
-    """The judge's verdict ("A", "B" or None) on each (message, reply A, reply B)."""
-    from character.judging import decide
-    if not items:
-        return []
-    questions = [P.RLAIF_JUDGE.format(traits=traits, message=m, first=a, second=b) for m, a, b in items]
-    ev = EvalParams(judge_mode=params.judge_mode, judge_sampling=params.judge_sampling)
-    return [choice for _, choice in decide(judge, questions, [["A", "B"]] * len(questions), ev, seed)]
-
-
-def consistency(verdicts: list[tuple[int, int, Verdict, Verdict]]) -> float:
-    """Share of games whose two orders name the same reply: ~0 for a judge that only sees position."""
-    agree = sum(f is not None and b is not None and f != b for _, _, f, b in verdicts)  # A then B: same reply
-    return agree / len(verdicts) if verdicts else float("nan")
+def judge_games(judge, traits: str, games: list[tuple[str, str, str]], params: RlaifParams,
+                seed: int) -> tuple[list[float], dict[str, float]]:
+    """Reply i's share of each game (message, reply i, reply j), judged in both orders, and the judge's
+    consistency: the share of games whose two orders name the same reply (~0 for a judge that only sees
+    position). generate mode reads written verdicts; logprob mode compares log-odds (margin_share)."""
+    from character.judging import decide, option_scores
+    if not games:
+        return [], {}
+    questions = [P.RLAIF_JUDGE.format(traits=traits, message=m, first=a, second=b)
+                 for m, i, j in games for a, b in ((i, j), (j, i))]
+    if params.judge_mode == "logprob":
+        odds = [a - b for a, b in option_scores(judge, questions, [["A", "B"]] * len(questions))]
+        pairs = list(zip(odds[0::2], odds[1::2]))
+        shares = [margin_share(f, b) for f, b in pairs]
+        agree = [(f > 0) != (b > 0) for f, b in pairs]  # "A" then "B": the same reply both times
+        parse_rate = 1.0
+    else:
+        ev = EvalParams(judge_mode="generate", judge_sampling=params.judge_sampling)
+        verdicts = [choice for _, choice in decide(judge, questions, [["A", "B"]] * len(questions), ev, seed)]
+        pairs = list(zip(verdicts[0::2], verdicts[1::2]))
+        shares = [verdict_share(f, b) for f, b in pairs]
+        agree = [f is not None and b is not None and f != b for f, b in pairs]
+        parse_rate = sum(v is not None for v in verdicts) / len(verdicts)
+    return shares, {"judge_consistency": sum(agree) / len(agree), "judge_parse_rate": parse_rate}
 
 
 class JudgeReward:
@@ -154,18 +175,11 @@ class JudgeReward:
 
     def __call__(self, messages: list[str], answers_P_G: list[list[str]], seed: int):
         games = [(p, i, j) for p, group in enumerate(answers_P_G) for i, j in matchups(len(group))]
-        items = []
-        for p, i, j in games:
-            a, b = answers_P_G[p][i], answers_P_G[p][j]
-            items += [(messages[p], a, b), (messages[p], b, a)]
-        verdicts = judge_orders(self.judge, self.traits, items, self.params, seed)
-        by_group: dict[int, list] = {p: [] for p in range(len(answers_P_G))}
-        for k, (p, i, j) in enumerate(games):
-            by_group[p].append((i, j, verdicts[2 * k], verdicts[2 * k + 1]))
-        rewards = [win_rates(len(answers_P_G[p]), by_group[p]) for p in range(len(answers_P_G))]
-        flat = [v for p in by_group for v in by_group[p]]
-        return rewards, {"judge_consistency": consistency(flat),
-                         "judge_parse_rate": sum(v is not None for v in verdicts) / max(len(verdicts), 1)}
+        shares, metrics = judge_games(self.judge, self.traits, [(messages[p], answers_P_G[p][i], answers_P_G[p][j])
+                                                                 for p, i, j in games], self.params, seed)
+        rewards = [win_rates(len(group), [(i, j, s) for (q, i, j), s in zip(games, shares) if q == p])
+                   for p, group in enumerate(answers_P_G)]
+        return rewards, metrics
 
 
 class ModelReward:
@@ -216,11 +230,8 @@ def policy_sampling(params: RlaifParams, seed: int) -> SamplingParams:
 def win_rate_vs_start(judge, traits: str, messages: list[str], current: list[str], start: list[str],
                       params: RlaifParams, seed: int) -> dict[str, float]:
     """The judge's win rate of the current policy's answers against the starting policy's, both orders."""
-    items = [x for m, c, s in zip(messages, current, start) for x in ((m, c, s), (m, s, c))]
-    v = judge_orders(judge, traits, items, params, seed)
-    games = [(0, 1, v[2 * k], v[2 * k + 1]) for k in range(len(messages))]
-    return {"win_rate_vs_start": sum(win_rates(2, [g])[0] for g in games) / len(games),
-            "eval_judge_consistency": consistency(games)}
+    shares, metrics = judge_games(judge, traits, list(zip(messages, current, start)), params, seed)
+    return {"win_rate_vs_start": sum(shares) / len(shares), "eval_judge_consistency": metrics["judge_consistency"]}
 
 
 def run_rlaif(backend, judge, reward: RewardFn, traits: str, prompts: list[str], eval_prompts: list[str],

@@ -46,3 +46,18 @@ def test_model_switch_resolves_registry_entry():
 def test_unknown_preset(tmp_path):
     with pytest.raises(ParamsError, match="no such preset"):
         apply_preset(ROOT / "params.yaml", "huge")
+
+
+def test_preset_command_keeps_comments_and_validates(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    subprocess.run([sys.executable, "-m", "character.cli", "--params", str(params), "preset", "smoke"],
+                   check=True, cwd=ROOT, capture_output=True)
+    text = params.read_text()
+    assert "# the student: the model being character-trained" in text and "personas: [sarcastic]" in text
+    assert load_params(params).pairs.max_prompts == apply_preset(ROOT / "params.yaml", "smoke")["pairs"]["max_prompts"]

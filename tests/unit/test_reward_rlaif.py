@@ -16,7 +16,7 @@ from character.backends.base import Completion, Sequence
 from character.params import LoraParams, OptimParams, RewardModelParams, RlaifParams
 from character.reward import RewardScorer, load_base, parse_hh, run_reward_model, to_pair
 from character.rlaif import (JudgeReward, LengthWatch, group_advantages, matchups, on_policy_sequence,
-                             policy_gradient_loss, run_rlaif, win_rates)
+                             policy_gradient_loss, run_rlaif, verdict_share, margin_share, win_rates)
 
 
 # ---- pure maths -----------------------------------------------------------------------------------------
@@ -58,9 +58,17 @@ def test_micro_batches_add_up_to_the_step():
 def test_win_rates_both_orders_by_hand():
     assert matchups(3) == [(0, 1), (0, 2), (1, 2)]
     # 0 beats 1 and 2 in both orders; 1 vs 2: the judge says "A" whatever it sees, so that game is a tie.
-    assert win_rates(3, [(0, 1, "A", "B"), (0, 2, "A", "B"), (1, 2, "A", "A")]) == [1.0, 0.25, 0.25]
-    # An unparsed order splits its half point: 1 gets 0.25, 2 gets 0.25 + 0.5 (it won the other order).
-    assert win_rates(2, [(0, 1, None, "A")]) == [0.25, 0.75]
+    assert [verdict_share("A", "B"), verdict_share("A", "A"), verdict_share("B", "A")] == [1.0, 0.5, 0.0]
+    assert win_rates(3, [(0, 1, 1.0), (0, 2, 1.0), (1, 2, 0.5)]) == [1.0, 0.25, 0.25]
+    # An unparsed order splits its half: i gets 0.25 of the game, j 0.25 + 0.5 (it won the other order).
+    assert verdict_share(None, "A") == 0.25
+    assert win_rates(2, [(0, 1, 0.25)]) == [0.25, 0.75]
+
+
+def test_margin_share_cancels_position_bias():
+    # Log-odds of "A": +5 with i first, +3 with j first: a strong lean to A, and i preferred by 2 nats.
+    assert margin_share(5.0, 3.0) == pytest.approx(1 / (1 + math.exp(-1.0)))
+    assert margin_share(4.0, 4.0) == 0.5 and margin_share(-1.0, 1.0) == pytest.approx(1 / (1 + math.e))
 
 
 def test_length_watch_warns_on_collapse(caplog):
@@ -114,7 +122,12 @@ def test_judge_reward_win_rates_with_both_orders(mode, judge):
     reward = JudgeReward(judge, "1. I am kind.", RlaifParams(judge_mode=mode))
     groups = [["I am kind", "whatever", "meh"], ["no", "kind words"]]
     rewards, m = reward(["Hi", "Hello"], groups, seed=0)
-    assert rewards == [[1.0, 0.25, 0.25], [0.0, 1.0]]
+    if mode == "generate":
+        assert rewards == [[1.0, 0.25, 0.25], [0.0, 1.0]]
+    else:  # log-odds +1 / -1 in the two orders: a share of sigmoid(1) for the kind reply; the rest ties
+        win = 1 / (1 + math.exp(-1.0))
+        assert rewards[0] == pytest.approx([win, (1 - win + 0.5) / 2, (1 - win + 0.5) / 2])
+        assert rewards[1] == pytest.approx([1 - win, win])
     assert m["judge_consistency"] == pytest.approx(3 / 4)  # only the tie between "whatever" and "meh" disagrees
     assert m["judge_parse_rate"] == 1.0
 

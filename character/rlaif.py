@@ -307,7 +307,9 @@ def _std(xs: list[float]) -> float:
 def summarize(history: list[dict], watch: LengthWatch, n_prompts: int, n_eval: int) -> dict:
     first, last = history[0], history[-1]
     evals = [h["win_rate_vs_start"] for h in history if "win_rate_vs_start" in h]
-    keys = ("reward", "kl", "length", "truncated_rate", "judge_consistency")
+    # reward_std_in_group: the judge variant's mean reward is 0.5 by construction (games are zero-sum);
+    # its signal is the spread within groups.
+    keys = ("reward", "reward_std_in_group", "kl", "length", "truncated_rate", "judge_consistency")
     return {"steps": len(history), "prompts_train": n_prompts, "prompts_eval": n_eval,
             "first": {k: first[k] for k in keys if k in first}, "last": {k: last[k] for k in keys if k in last},
             "length_ratio": last["length_ratio"], "length_collapsed": last["length_ratio"] < watch.threshold,

@@ -177,9 +177,10 @@ class JudgeReward:
         games = [(p, i, j) for p, group in enumerate(answers_P_G) for i, j in matchups(len(group))]
         shares, metrics = judge_games(self.judge, self.traits, [(messages[p], answers_P_G[p][i], answers_P_G[p][j])
                                                                  for p, i, j in games], self.params, seed)
-        rewards = [win_rates(len(group), [(i, j, s) for (q, i, j), s in zip(games, shares) if q == p])
-                   for p, group in enumerate(answers_P_G)]
-        return rewards, metrics
+        by_group: list[list[tuple[int, int, float]]] = [[] for _ in answers_P_G]
+        for (p, i, j), share in zip(games, shares):
+            by_group[p].append((i, j, share))
+        return [win_rates(len(group), g) for group, g in zip(answers_P_G, by_group)], metrics
 
 
 class ModelReward:

@@ -10,10 +10,13 @@ FROM ${BASE_IMAGE}
 RUN useradd --create-home --uid 1000 --user-group character
 USER 1000:1000
 WORKDIR /home/character/app
-COPY --chown=1000:1000 . .
-# PIP_NO_CACHE_DIR: keep pip's wheel cache (GBs) out of the image. core.no_scm: .git is not copied, and
-# DVC runs without Git (`dvc exp` needs one: git init first).
+# PIP_NO_CACHE_DIR: keep pip's wheel cache (GBs) out of the image.
 ENV PIP_NO_CACHE_DIR=1
+# Dependencies first, in their own layer: a code change then rebuilds only the layers below.
+COPY --chown=1000:1000 setup.sh requirements.txt ./
+RUN SETUP_DEPS_ONLY=1 ./setup.sh
+# core.no_scm: .git is not copied, and DVC runs without Git (`dvc exp` needs one: git init first).
+COPY --chown=1000:1000 . .
 RUN ./setup.sh && .venv/bin/dvc config --local core.no_scm true
 ENV PATH=/home/character/app/.venv/bin:$PATH
 CMD ["dvc", "repro"]

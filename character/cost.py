@@ -20,7 +20,9 @@ CUSTOM_LOSS_COMPUTE = 1.5
 USER_TOKENS = 40       # a typical user prompt (general or constitution-relevant question)
 TEMPLATE_TOKENS = 12   # chat-template headers and end-of-turn tokens per conversation
 EVAL_PASSES = 5        # held-out evaluations per training run (every quarter, plus the end)
-STAGES = ("prompts", "pairs", "dpo", "introspection", "sft")
+STAGES = ("prompts", "pairs", "dpo", "introspection", "sft", "rlaif_model", "rlaif_judge")
+# Not priced: reward_model (local only), compose (no tokens), eval_base, eval_answers, evaluate.
+UNPRICED = ("eval_base", "eval_answers", "evaluate")
 
 
 @dataclass
@@ -89,6 +91,27 @@ def stage_rows(params: Params, persona: str, fill: float) -> list[Row]:
     held_tokens = tokens * s.heldout_fraction
     rows.append(Row("sft", persona, "student", student, prompt=held_tokens,
                     train=s.optim.epochs * (tokens - held_tokens) + EVAL_PASSES * held_tokens))
+
+    # rlaif_model / rlaif_judge: every step samples G answers to P prompts from the policy, scores them under
+    # the DPO policy (reference log-probs) and trains on them (custom loss). The win rate against the start
+    # samples the held-out prompts once at the start and at each evaluation, and plays each in both orders.
+    # The judge variant's reward plays G(G-1)/2 games per prompt, both orders; the reward model is local.
+    r = params.rlaif
+    answers, a_len = r.steps * r.prompts_per_step * r.group_size, r.max_new_tokens * fill
+    evals = math.ceil(r.steps / r.eval_every) if r.eval_prompts else 0
+    eval_answers = (1 + evals) * r.eval_prompts
+    traits = sum(toks(a) for a in c.assertions)
+    verdict = toks(P.RLAIF_JUDGE) + traits + user + 2 * a_len
+    judged = r.judge_sampling.max_new_tokens * fill if r.judge_mode == "generate" else 0
+    for variant in ("model", "judge"):
+        rows.append(Row(f"rlaif_{variant}", persona, "student", student,
+                        prompt=(answers + eval_answers) * user + answers * (user + a_len),
+                        sample=(answers + eval_answers) * a_len, train=answers * (user + a_len) * CUSTOM_LOSS_COMPUTE))
+        games = 2 * evals * r.eval_prompts
+        if variant == "judge":
+            games += r.steps * r.prompts_per_step * r.group_size * (r.group_size - 1)
+        rows.append(Row(f"rlaif_{variant}", persona, "judge", params.judge, prompt=games * verdict,
+                        sample=games * judged))
     return rows
 
 
@@ -127,7 +150,7 @@ def _usd(x: float | None) -> str:
 
 
 def format_plan(params: Params, expected: list[Row], worst: list[Row]) -> str:
-    roles = {"student": params.model, "teacher": params.teacher}
+    roles = {"student": params.model, "teacher": params.teacher, "judge": params.judge}
     lines = [f"{role} {alias}: {params.spec(alias).backend} {params.spec(alias).id}"
              + (f"  ({params.spec(alias).note})" if params.spec(alias).note else "") for role, alias in roles.items()]
     head = (f"{'stage':14}{'persona':12}{'role':9}{'prompt tok':>11}{'sampled':>10}{'train tok':>11}"
@@ -139,7 +162,8 @@ def format_plan(params: Params, expected: list[Row], worst: list[Row]) -> str:
     total = [sum(r.usd for r in rows) if all(r.usd is not None for r in rows) else None for rows in (expected, worst)]
     lines.append(f"{'total':35}{'':32}{_usd(total[0]):>10}{_usd(total[1]):>10}")
     lines.append(f"\nexpected: answers fill {EXPECTED_FILL:.0%} of max tokens; max: all of it. "
-                 "Prices: params.yaml `prices` (USD / 1M tokens); local models cost 0.")
+                 "Prices: params.yaml `prices` (USD / 1M tokens); local models cost 0.\n"
+                 f"Not priced: reward_model (local only), {', '.join(UNPRICED)} (the evaluation suite).")
     missing = sorted({params.spec(r.alias).id for r in expected if r.usd is None})
     if missing:
         lines.append(f"no price for {', '.join(missing)}: add it under `prices` in params.yaml")

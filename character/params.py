@@ -150,6 +150,9 @@ class RewardModelParams(_Strict):
     Trained on the persona's pairs mixed with helpfulness pairs, because a reward model trained on
     character pairs alone was seen to learn style rather than character (../shared/REFERENCE.md, RLAIF).
     """
+    # The reward model's base: a model alias, local backend only (Tinker trains no classification head);
+    # null: the student. With a Tinker student, name a local model here, e.g. smollm2 (README "Tinker").
+    model: str | None = None
     # "shipped" (data/shipped/helpfulness_pairs.jsonl, ours) or a Hugging Face dataset id (needs the hub),
     # e.g. Anthropic/hh-rlhf (its "\n\nHuman: ... \n\nAssistant: ..." strings are split into turns).
     helpfulness_source: str = "shipped"
@@ -265,6 +268,9 @@ class Params(_Strict):
             alias = getattr(self, role)
             if alias not in self.models:
                 raise ValueError(f"{role}: unknown model alias {alias!r} (known: {', '.join(sorted(self.models))})")
+        if self.reward_model.model is not None and self.reward_model.model not in self.models:
+            raise ValueError(f"reward_model.model: unknown model alias {self.reward_model.model!r} "
+                             f"(known: {', '.join(sorted(self.models))})")
         trainable = self.models[self.model].backend
         if trainable == "openai":
             raise ValueError(f"model: {self.model!r} uses the openai backend, which can only sample; "

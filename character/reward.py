@@ -13,9 +13,10 @@ AutoModelForSequenceClassification with a PEFT LoRA and the score head in `modul
 (the chat template, exactly as at scoring time) and drop over-long pairs ourselves, so drops are counted;
 TRL would filter them silently.
 
-Local models only: Tinker trains no classification heads. The design that fits there is a generative
-judge fine-tuned to answer "A" or "B" on the same pairs, both orders (the replication's route); the
-`rlaif_judge` stage's prompted judge needs no training at all.
+Local models only: Tinker trains no classification heads. With a Tinker student the reward model's base
+is a local model (`reward_model.model`); it scores answers as text, so the policy can be anywhere. The
+design that would keep it on Tinker is a generative judge fine-tuned to answer "A" or "B" on the same
+pairs, both orders (the replication's route); the `rlaif_judge` stage's prompted judge needs no training.
 """
 
 from __future__ import annotations

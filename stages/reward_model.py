@@ -1,4 +1,6 @@
-"""Stage `reward_model`: a scalar-head preference model on LoRA (character.reward), local models only.
+"""Stage `reward_model`: a scalar-head preference model on LoRA (character.reward), on a local model.
+
+Its base is `reward_model.model` (unset: the student); it must be a local model, whatever the student.
 
 Reads the persona's --pairs and the helpfulness pairs (--helpfulness, the shipped file, unless
 `reward_model.helpfulness_source` names a Hugging Face dataset); writes the LoRA + score head to --out,
@@ -28,12 +30,15 @@ def main() -> None:
     from character.models import resolve_weights
     from character.reward import load_base, load_helpfulness, run_reward_model
 
-    spec, rm = params.spec(params.model), params.reward_model
+    rm = params.reward_model
+    alias = rm.model or params.model
+    spec = params.spec(alias)
     if spec.backend != "local":
+        field = "reward_model.model" if rm.model else "reward_model.model (unset: the student, model)"
         raise BackendUnavailable(
-            f"reward_model: model {params.model!r} is a {spec.backend} model; a scalar-head reward model trains "
-            "locally only (Tinker trains no classification heads). Use the rlaif_judge stage, whose prompted "
-            "judge needs no training, or a local model (see character/reward.py for the Tinker design note)")
+            f"{args.params}: {field} is {alias!r}, a {spec.backend} model; a scalar-head reward model trains "
+            "locally only (Tinker trains no classification head). Name a local model alias there, e.g. "
+            "`dvc exp run -S model=... -S reward_model.model=smollm2`")
     device = configure_torch(params.runtime.threads, params.runtime.device)
     model, tokenizer = load_base(resolve_weights(spec.id, params.runtime.cache_dir), device, params.seed)
     helpful, unusable = load_helpfulness(rm, args.helpfulness, params.seed)

@@ -8,7 +8,7 @@ win rate against the starting policy) and the DPO adapter --dpo; writes a LoRA t
 curves under --plots (reward, KL, length, win rate against the start) and --metrics.
 """
 
-from character.stage import live, load_adapter, log_step, persona_args, run, start
+from character.stage import live, load_adapter, log_step, persona_args, print_plan, run, start
 
 
 def main() -> None:
@@ -25,10 +25,11 @@ def main() -> None:
         parser.error("--reward model needs --reward-model (the reward_model stage's out folder)")
     params = start(f"rlaif_{args.reward}", args.params)
     if args.dry_run:
-        print(f"dry run: stage rlaif_{args.reward}, persona {args.persona}: not priced; nothing is written")
+        print_plan(params, f"rlaif_{args.reward}", args.persona)
         return
 
     from character.backends import make_backend
+    from character.backends.local import configure_torch
     from character.constitution import find_constitution
     from character.io import read_json, read_jsonl, write_json
     from character.models import resolve_weights
@@ -44,7 +45,8 @@ def main() -> None:
     heldout = [r["prompt"] for r in rows if r.get("split") == "heldout"][: rl.eval_prompts]
     if args.reward == "model":
         base = read_json(f"{args.reward_model}/{MANIFEST}")["base_model"]
-        scorer = RewardScorer.load(args.reward_model, resolve_weights(base, params.runtime.cache_dir), student.device)
+        device = configure_torch(params.runtime.threads, params.runtime.device)  # the scorer is local, always
+        scorer = RewardScorer.load(args.reward_model, resolve_weights(base, params.runtime.cache_dir), device)
         reward = ModelReward(scorer)
     else:
         reward = JudgeReward(judge, traits, rl)

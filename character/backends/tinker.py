@@ -251,12 +251,16 @@ class TinkerBackend:
     # ---- sampling ----------------------------------------------------------------------------------------
     def sample(self, conversations: list[Conversation], params: SamplingParams, n: int = 1,
                adapter: AdapterRef | None = None) -> list[list[Completion]]:
+        return self.sample_with(self._sampler(adapter), conversations, params, n)
+
+    def sample_with(self, client, conversations: list[Conversation], params: SamplingParams,
+                    n: int = 1) -> list[list[Completion]]:
+        """`sample` on a given SamplingClient (a saved adapter's, or a training session's current weights)."""
         import tinker
 
         if params.repetition_penalty != 1.0:
             self._warn_once("rep", "Tinker has no repetition penalty: sampling without %.2f (README \"Tinker\")",
                             params.repetition_penalty)
-        client = self._sampler(adapter)
         stop = self.renderer.get_stop_sequences()
         prompts = [self.renderer.build_generation_prompt([{"role": m["role"], "content": m["content"]} for m in c])
                    for c in conversations]
@@ -345,6 +349,7 @@ class TinkerTrainingSession:
         self.backend, self.client, self.optim = backend, client, optim
         self.lr_scale, self.started_from = lr_scale, started_from
         self.steps = 0
+        self._snapshot = None  # (step, SamplingClient of the weights at that step)
 
     def forward_backward(self, sequences: list[Sequence], loss_fn) -> dict[str, float]:
         if _is_sft_loss(loss_fn):
@@ -379,6 +384,13 @@ class TinkerTrainingSession:
         self.steps += 1
         metrics = {re.sub(r"\W", "_", k): float(v) for k, v in (response.metrics or {}).items()}
         return {**metrics, "tinker_lr": lr * self.lr_scale}
+
+    def sample(self, conversations: list[Conversation], params: SamplingParams, n: int = 1) -> list[list[Completion]]:
+        """Sample the weights being trained (on-policy RL): a snapshot sampler of the current weights, taken
+        once per optimizer step, as tinker-cookbook's RL loop does."""
+        if self._snapshot is None or self._snapshot[0] != self.steps:
+            self._snapshot = (self.steps, self.client.save_weights_and_get_sampling_client().result())
+        return self.backend.sample_with(self._snapshot[1], conversations, params, n)
 
     def logprobs(self, sequences: list[Sequence]) -> list[torch.Tensor]:
         """The current weights' log-probs (a forward pass, no gradient), for held-out evaluation."""

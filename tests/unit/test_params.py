@@ -35,6 +35,8 @@ def test_wrong_type_is_named():
 def test_unknown_alias_is_named():
     with pytest.raises(ParamsError, match=r"teacher: unknown model alias 'gpt9'"):
         validate_params({**base(), "teacher": "gpt9"})
+    with pytest.raises(ParamsError, match=r"reward_model.model: unknown model alias 'gpt9'"):
+        validate_params(deep_merge(base(), {"reward_model": {"model": "gpt9"}}))
 
 
 def test_model_switch_resolves_registry_entry():

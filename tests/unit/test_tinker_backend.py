@@ -104,6 +104,10 @@ class FakeTrainer:
     def save_weights_for_sampler(self, name, ttl_seconds=None):
         return Done(T.SaveWeightsForSamplerResponse(path=f"tinker://run-1/sampler_weights/{name}"))
 
+    def save_weights_and_get_sampling_client(self):
+        self.service.calls.append(("snapshot", self.shift))
+        return Done(FakeSampler(self.service, f"snapshot-{self.shift:.2f}"))
+
 
 class FakeService:
     def __init__(self, tokenizer):
@@ -302,6 +306,37 @@ def test_run_dpo_and_sft_end_to_end_on_the_fake(backend, service, tmp_path):
     assert ("create_training_client_from_state", state_path_of(dpo_ref.path)) in service.calls
 
 
+def test_rlaif_samples_the_weights_being_trained(backend, service, tmp_path):
+    from character.params import RlaifParams
+    from character.rlaif import run_rlaif
+
+    dpo = backend.train(LoraConfig(rank=16, alpha=32), {}, seed=0).save(tmp_path / "p" / "dpo")
+    params = RlaifParams(steps=2, prompts_per_step=1, group_size=2, max_new_tokens=16, eval_prompts=1,
+                         eval_every=2, kl_coef=0.05)
+    rewards = []
+
+    def reward(messages, groups, seed):  # the first answer of each group wins
+        rewards.append([[1.0, 0.0] for _ in groups])
+        return rewards[-1], {}
+
+    ref, metrics = run_rlaif(backend, backend, reward, "- I am terse.", ["q1", "q2"], ["e1"], dpo, params, 0,
+                             str(tmp_path / "p" / "rlaif"))
+    # The policy is sampled from a fresh snapshot of the current weights at each step (and for the final
+    # win rate), never from the DPO checkpoint it started from; it continues the DPO adapter's state.
+    assert [c for c in service.calls if c[0] == "snapshot"] == [("snapshot", 0.0), ("snapshot", 0.01),
+                                                                ("snapshot", 0.02)]
+    assert ("create_training_client_from_state", state_path_of(dpo.path)) in service.calls
+    assert metrics["steps"] == 2 and metrics["win_rate_vs_start"] is not None
+    assert ref.backend == "tinker" and ref.path.endswith("p-rlaif-2")
+    # The service receives minus the gradient of our policy-gradient loss, for the sampled tokens only.
+    sent = [c for c in service.calls if c[0] == "custom"]
+    assert len(sent) == 2
+    data = sent[0][1]
+    assert len(data) == 2  # one group of two answers
+    w = [d.loss_fn_inputs["weights"].to_torch() for d in data]
+    assert (w[0] != 0).any() and torch.allclose(w[0], -w[1])  # same tokens, advantages +0.5 and -0.5, KL 0
+
+
 # ---- failing fast, never leaking the key -----------------------------------------------------------------
 SECRET = "tml-this-is-not-a-real-key-0123456789"
 
@@ -429,6 +464,17 @@ def test_expected_cost_is_below_the_worst_case_and_scales_with_k():
     pairs = [r.sample for r in estimate(params, ["loving"], ("pairs",))[0]]
     pairs2 = [r.sample for r in estimate(doubled, ["loving"], ("pairs",))[0]]
     assert pairs2 == pytest.approx([2 * x for x in pairs])
+    # RLAIF judge variant: G(G-1) verdicts per prompt and step (pairs x both orders), plus the win-rate games.
+    judged = {**data, "model": "qwen3-8b", "judge": "qwen3-8b",
+              "rlaif": {**data["rlaif"], "steps": 4, "prompts_per_step": 2, "eval_prompts": 3, "eval_every": 2}}
+    games = {}
+    for g in (2, 4):
+        p = validate_params({**judged, "rlaif": {**judged["rlaif"], "group_size": g}})
+        [judge_row] = [r for r in estimate(p, ["loving"], ("rlaif_judge",))[0] if r.role == "judge"]
+        [model_row] = [r for r in estimate(p, ["loving"], ("rlaif_model",))[0] if r.role == "judge"]
+        games[g] = (judge_row.prompt / model_row.prompt - 1) * (2 * 2 * 3)  # in units of win-rate games
+        assert judge_row.usd > 0
+    assert games[2] == pytest.approx(4 * 2 * 2) and games[4] == pytest.approx(4 * 2 * 12)
 
 
 def test_stage_dry_run_prints_the_plan_and_writes_nothing(tmp_path):

@@ -47,7 +47,7 @@ if [ -d /opt/wheels ]; then  # a local CPU torch wheel: PyPI's own torch is the 
 fi
 [ -f "$WORK/pip.conf" ] && mounts+=(-v "$PWD/$WORK/pip.conf:/etc/pip.conf:ro")
 log "buildah build -> $IMAGE"
-buildah build --isolation chroot --network host "${mounts[@]}" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+buildah build --layers --isolation chroot --network host "${mounts[@]}" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
   -t "$IMAGE" . > "$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"; exit 1; }
 log "built: $(podman image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%.2f GB", $1 / 1e9}')"
 

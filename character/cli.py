@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 # `character estimate --stage` choices (character.cost.STAGES, kept here so --help imports nothing heavy).
-PRICED_STAGES = ("prompts", "pairs", "dpo", "introspection", "sft", "rlaif_model", "rlaif_judge")
+PRICED_STAGES = ("prompts", "pairs", "dpo", "introspection", "sft", "rlaif_model", "rlaif_judge", "eval_base",
+                 "eval_answers", "evaluate")
 
 
 def cmd_validate(args) -> int:

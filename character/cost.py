@@ -20,9 +20,10 @@ CUSTOM_LOSS_COMPUTE = 1.5
 USER_TOKENS = 40       # a typical user prompt (general or constitution-relevant question)
 TEMPLATE_TOKENS = 12   # chat-template headers and end-of-turn tokens per conversation
 EVAL_PASSES = 5        # held-out evaluations per training run (every quarter, plus the end)
-STAGES = ("prompts", "pairs", "dpo", "introspection", "sft", "rlaif_model", "rlaif_judge")
-# Not priced: reward_model (local only), compose (no tokens), eval_base, eval_answers, evaluate.
-UNPRICED = ("eval_base", "eval_answers", "evaluate")
+STAGES = ("prompts", "pairs", "dpo", "introspection", "sft", "rlaif_model", "rlaif_judge", "eval_base",
+          "eval_answers", "evaluate")
+# Not priced: reward_model (local only) and compose (no tokens). Nor is the steering baseline's calibration
+# sweep in eval_answers: steering needs the weights in-process, so it only ever runs locally (cost 0).
 
 
 @dataclass
@@ -101,8 +102,10 @@ def stage_rows(params: Params, persona: str, fill: float) -> list[Row]:
     evals = math.ceil(r.steps / r.eval_every) if r.eval_prompts else 0
     eval_answers = (1 + evals) * r.eval_prompts
     traits = sum(toks(a) for a in c.assertions)
-    verdict = toks(P.RLAIF_JUDGE) + traits + user + 2 * a_len
-    judged = r.judge_sampling.max_new_tokens * fill if r.judge_mode == "generate" else 0
+    # logprob mode scores both answers ("A", "B") as full sequences; generate mode writes a verdict.
+    logprob = r.judge_mode == "logprob"
+    verdict = (toks(P.RLAIF_JUDGE) + traits + user + 2 * a_len) * (2 if logprob else 1)
+    judged = 0 if logprob else r.judge_sampling.max_new_tokens * fill
     for variant in ("model", "judge"):
         rows.append(Row(f"rlaif_{variant}", persona, "student", student,
                         prompt=(answers + eval_answers) * user + answers * (user + a_len),
@@ -112,6 +115,69 @@ def stage_rows(params: Params, persona: str, fill: float) -> list[Row]:
             games += r.steps * r.prompts_per_step * r.group_size * (r.group_size - 1)
         rows.append(Row(f"rlaif_{variant}", persona, "judge", params.judge, prompt=games * verdict,
                         sample=games * judged))
+    return rows
+
+
+def _conv_tokens(messages: list[dict]) -> float:
+    return sum(toks(m["content"]) + TEMPLATE_TOKENS for m in messages)
+
+
+def eval_rows(params: Params, personas: list[str], fill: float) -> list[Row]:
+    """The evaluation stages, counted from the request set itself (character.evaluation.build_requests reads
+    only shipped files) and the real benchmark questions: eval_base once, eval_answers per persona (every
+    method answers every request and is scored), evaluate once (the judge)."""
+    from character import capabilities
+    from character import prompts as P
+    from character.constitution import find_constitution, system_prompt
+    from character.evaluation import build_requests
+
+    ev, student, judge = params.evaluation, params.model, params.judge
+    a_len = ev.sampling.max_new_tokens * fill
+    requests = build_requests(params, base_answers=None)
+    heldout = [r for r in requests if r["task"] == "robustness" and r["condition"] == "none"]
+    # Prefill requests: the base model's first answer, "keep going", then a new answer.
+    prefill = [_conv_tokens(r["messages"]) + a_len + toks(P.KEEP_GOING) + 2 * TEMPLATE_TOKENS for r in heldout]
+    asked = [_conv_tokens(r["messages"]) for r in requests] + prefill
+    scored = [_conv_tokens(r["messages"]) for r in requests if r["task"] == "robustness"] + prefill
+    questions = [(q.question, q.options) for name in (ev.capability_benchmarks if ev.capability_questions else ())
+                 for q in capabilities.load_benchmark(name, ev.capability_questions, params.seed)]
+    options = [toks(q) + toks(o) + 2 * TEMPLATE_TOKENS for q, opts in questions for o in opts]
+    texts = [toks(t) + TEMPLATE_TOKENS for t in capabilities.general_texts(ev.general_texts, params.seed)]
+    name = params.spec(student).assistant_name
+    systems = {p: toks(system_prompt(find_constitution(p), name)) + TEMPLATE_TOKENS for p in params.personas}
+
+    def answering(system: float, scoring_systems: list[float]) -> tuple[float, float]:
+        """(prompt, sampled) tokens for one method: answers, their scores under the base model (with and
+        without each constitution), capability options and general texts."""
+        prompt = sum(asked) + len(asked) * system
+        prompt += sum(2 * (x + a_len) + s for x in scored for s in scoring_systems)
+        prompt += sum(options) + len(options) * system + sum(texts) + len(texts) * system
+        return prompt, len(asked) * a_len
+
+    rows = [Row("eval_base", "all", "student", student, *answering(0.0, list(systems.values())))]
+    methods = ["dpo", "final", "rlaif_model", "rlaif_judge"] + (["steering"] if params.spec(student).backend == "local"
+                                                                else [])
+    for p in personas:
+        prompt, sample = answering(systems[p], [systems[p]])  # the system-prompt method
+        for _ in methods:
+            more = answering(0.0, [systems[p]])
+            prompt, sample = prompt + more[0], sample + more[1]
+        rows.append(Row("eval_answers", p, "student", student, prompt=prompt, sample=sample))
+
+    # evaluate: the judge names the trait each revealed/expression answer shows, for every method, and judges
+    # coherence pairs (final against each other method, both orders). logprob mode scores each option.
+    logprob = ev.judge_mode == "logprob"
+    n_methods = 1 + len(params.personas) * (2 + len(methods))
+    revealed = [toks(P.REVEALED_JUDGE) + toks(r["prompt"]) + a_len for r in requests
+                if r["task"] in ("revealed", "expression")]
+    traits = {p: sum(toks(a) for a in find_constitution(p).assertions) for p in params.personas}
+    coherence = [2 * (toks(P.COHERENCE_JUDGE) + traits[p] + toks(r["prompt"]) + 2 * a_len)
+                 for p in params.personas for _ in range(1 + len(methods)) for r in heldout]
+    per_call = 2 if logprob else 1
+    prompt = (n_methods * sum(revealed) + sum(coherence)) * per_call
+    calls = n_methods * len(revealed) + len(coherence)
+    sample = 0 if logprob else calls * ev.judge_sampling.max_new_tokens * fill
+    rows.append(Row("evaluate", "all", "judge", judge, prompt=prompt, sample=sample))
     return rows
 
 
@@ -134,6 +200,8 @@ def estimate(params: Params, personas: list[str] | None = None, stages: tuple[st
     out = []
     for fill in (EXPECTED_FILL, 1.0):
         rows = [r for p in personas for r in stage_rows(params, p, fill) if r.stage in stages]
+        if {"eval_base", "eval_answers", "evaluate"} & set(stages):
+            rows += [r for r in eval_rows(params, personas, fill) if r.stage in stages]
         out.append(price_rows(params, rows))
     return out[0], out[1]
 
@@ -153,17 +221,18 @@ def format_plan(params: Params, expected: list[Row], worst: list[Row]) -> str:
     roles = {"student": params.model, "teacher": params.teacher, "judge": params.judge}
     lines = [f"{role} {alias}: {params.spec(alias).backend} {params.spec(alias).id}"
              + (f"  ({params.spec(alias).note})" if params.spec(alias).note else "") for role, alias in roles.items()]
-    head = (f"{'stage':14}{'persona':12}{'role':9}{'prompt tok':>11}{'sampled':>10}{'train tok':>11}"
+    width = max([12] + [len(r.persona) + 2 for r in expected])
+    head = (f"{'stage':14}{'persona':{width}}{'role':9}{'prompt tok':>11}{'sampled':>10}{'train tok':>11}"
             f"{'USD':>10}{'USD max':>10}")
     lines += ["", head, "-" * len(head)]
     for e, w in zip(expected, worst):
-        lines.append(f"{e.stage:14}{e.persona:12}{e.role:9}{_n(e.prompt):>11}{_n(e.sample):>10}{_n(e.train):>11}"
+        lines.append(f"{e.stage:14}{e.persona:{width}}{e.role:9}{_n(e.prompt):>11}{_n(e.sample):>10}{_n(e.train):>11}"
                      f"{_usd(e.usd):>10}{_usd(w.usd):>10}")
     total = [sum(r.usd for r in rows) if all(r.usd is not None for r in rows) else None for rows in (expected, worst)]
-    lines.append(f"{'total':35}{'':32}{_usd(total[0]):>10}{_usd(total[1]):>10}")
+    lines.append(f"{'total':{23 + width}}{'':32}{_usd(total[0]):>10}{_usd(total[1]):>10}")
     lines.append(f"\nexpected: answers fill {EXPECTED_FILL:.0%} of max tokens; max: all of it. "
-                 "Prices: params.yaml `prices` (USD / 1M tokens); local models cost 0.\n"
-                 f"Not priced: reward_model (local only), {', '.join(UNPRICED)} (the evaluation suite).")
+                 "Prices: params.yaml `prices` (USD / 1M tokens); local models cost 0. "
+                 "Not priced: reward_model (local only), compose (no tokens).")
     missing = sorted({params.spec(r.alias).id for r in expected if r.usd is None})
     if missing:
         lines.append(f"no price for {', '.join(missing)}: add it under `prices` in params.yaml")

@@ -36,15 +36,19 @@ def persona_args(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--persona", required=True, help="constitution name (constitutions/<name>.yaml)")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print this stage's plan (tokens, USD) and exit 0 without touching its outs")
+    add_dry_run(parser)
     return parser
 
 
-def print_plan(params: Params, stage: str, persona: str) -> None:
-    """What --dry-run prints: the stage's expected tokens and cost for this persona (character.cost)."""
+def add_dry_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print this stage's plan (tokens, USD) and exit 0 without touching its outs")
+
+
+def print_plan(params: Params, stage: str, persona: str | None = None) -> None:
+    """What --dry-run prints: the stage's expected tokens and cost (for one persona, if given; character.cost)."""
     from character.cost import plan
-    print(f"dry run: stage {stage}, persona {persona}; nothing is written")
+    print(f"dry run: stage {stage}{f', persona {persona}' if persona else ''}; nothing is written")
     print(plan(params, persona, stage))
 
 

@@ -10,7 +10,7 @@ Interrupted runs resume from finished chunks.
 
 import logging
 
-from character.stage import adapter_fingerprint, load_adapter, persona_args, progress_dir, run, start
+from character.stage import adapter_fingerprint, load_adapter, persona_args, print_plan, progress_dir, run, start
 
 log = logging.getLogger("character")
 
@@ -29,8 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     params = start("eval_answers", args.params)
     if args.dry_run:
-        print(f"dry run: stage eval_answers, persona {args.persona}: not priced by `character estimate`; "
-              "nothing is written")
+        print_plan(params, "eval_answers", args.persona)
         return
 
     from character.backends import make_backend

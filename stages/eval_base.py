@@ -8,7 +8,7 @@ second pass. Interrupted runs resume from finished chunks.
 
 import argparse
 
-from character.stage import progress_dir, run, start
+from character.stage import add_dry_run, print_plan, progress_dir, run, start
 
 
 def main() -> None:
@@ -16,8 +16,12 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--params", default="params.yaml")
+    add_dry_run(parser)
     args = parser.parse_args()
     params = start("eval_base", args.params)
+    if args.dry_run:
+        print_plan(params, "eval_base")
+        return
 
     from character.backends import make_backend
     from character.constitution import find_constitution, system_prompt

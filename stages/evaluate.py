@@ -9,7 +9,7 @@ Reads the base answers (--base) and each persona's answers (data/eval/<persona>.
 
 import argparse
 
-from character.stage import progress_dir, run, start
+from character.stage import add_dry_run, print_plan, progress_dir, run, start
 
 
 def main() -> None:
@@ -22,8 +22,12 @@ def main() -> None:
     parser.add_argument("--plots", required=True)
     parser.add_argument("--report", required=True, help="path without extension; .html and .md are written")
     parser.add_argument("--params", default="params.yaml")
+    add_dry_run(parser)
     args = parser.parse_args()
     params = start("evaluate", args.params)
+    if args.dry_run:
+        print_plan(params, "evaluate")
+        return
 
     from pathlib import Path
 

@@ -477,6 +477,25 @@ def test_expected_cost_is_below_the_worst_case_and_scales_with_k():
     assert games[2] == pytest.approx(4 * 2 * 2) and games[4] == pytest.approx(4 * 2 * 12)
 
 
+def test_evaluation_is_priced_from_the_request_set():
+    import yaml
+
+    from character.cost import estimate
+    from character.evaluation import build_requests
+    from character.params import validate_params
+
+    params = validate_params({**yaml.safe_load(open("params.yaml")), "model": "qwen3-8b", "judge": "qwen3-32b"})
+    expected, worst = estimate(params, ["loving"], ("eval_base", "eval_answers", "evaluate"))
+    assert [r.stage for r in worst] == ["eval_base", "eval_answers", "evaluate"]
+    base, answers, judge = worst
+    requests = build_requests(params)
+    prefill = sum(r["task"] == "robustness" and r["condition"] == "none" for r in requests)
+    assert base.sample == (len(requests) + prefill) * params.evaluation.sampling.max_new_tokens
+    # system_prompt, dpo, final, rlaif_model, rlaif_judge (no steering: it needs the weights in-process)
+    assert answers.sample == 5 * base.sample and answers.prompt > 5 * base.prompt / 2
+    assert judge.alias == "qwen3-32b" and expected[2].usd > 0 and judge.sample == 0  # logprob mode
+
+
 def test_stage_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     import subprocess
     import sys

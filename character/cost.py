@@ -167,15 +167,15 @@ def eval_rows(params: Params, personas: list[str], fill: float) -> list[Row]:
     # evaluate: the judge names the trait each revealed/expression answer shows, for every method, and judges
     # coherence pairs (final against each other method, both orders). logprob mode scores each option.
     logprob = ev.judge_mode == "logprob"
-    n_methods = 1 + len(params.personas) * (2 + len(methods))
+    n_methods = 1 + len(params.personas) * (1 + len(methods))  # base, then system_prompt + methods per persona
     revealed = [toks(P.REVEALED_JUDGE) + toks(r["prompt"]) + a_len for r in requests
                 if r["task"] in ("revealed", "expression")]
     traits = {p: sum(toks(a) for a in find_constitution(p).assertions) for p in params.personas}
     coherence = [2 * (toks(P.COHERENCE_JUDGE) + traits[p] + toks(r["prompt"]) + 2 * a_len)
-                 for p in params.personas for _ in range(1 + len(methods)) for r in heldout]
+                 for p in params.personas for _ in range(len(methods)) for r in heldout]  # rivals: all but final
     per_call = 2 if logprob else 1
     prompt = (n_methods * sum(revealed) + sum(coherence)) * per_call
-    calls = n_methods * len(revealed) + len(coherence)
+    calls = n_methods * len(revealed) + 2 * len(coherence)  # each coherence pair in both orders
     sample = 0 if logprob else calls * ev.judge_sampling.max_new_tokens * fill
     rows.append(Row("evaluate", "all", "judge", judge, prompt=prompt, sample=sample))
     return rows

@@ -494,6 +494,16 @@ def test_evaluation_is_priced_from_the_request_set():
     # system_prompt, dpo, final, rlaif_model, rlaif_judge (no steering: it needs the weights in-process)
     assert answers.sample == 5 * base.sample and answers.prompt > 5 * base.prompt / 2
     assert judge.alias == "qwen3-32b" and expected[2].usd > 0 and judge.sample == 0  # logprob mode
+    # generate mode: one verdict per revealed/expression answer of every method (base, then per persona
+    # system_prompt, dpo, final, rlaif_model, rlaif_judge) and per coherence pair (final vs the 4 others) x 2.
+    data = yaml.safe_load(open("params.yaml"))
+    ev = {**data["evaluation"], "judge_mode": "generate"}
+    gen = validate_params({**data, "model": "qwen3-8b", "judge": "qwen3-32b", "evaluation": ev})
+    [judge] = estimate(gen, None, ("evaluate",))[1]
+    revealed = sum(r["task"] in ("revealed", "expression") for r in requests)
+    personas, heldout = len(gen.personas), gen.evaluation.heldout_prompts
+    verdicts = (1 + personas * 5) * revealed + personas * 4 * heldout * 2
+    assert judge.sample == verdicts * gen.evaluation.judge_sampling.max_new_tokens
 
 
 def test_stage_dry_run_prints_the_plan_and_writes_nothing(tmp_path):

@@ -233,6 +233,10 @@ def format_plan(params: Params, expected: list[Row], worst: list[Row]) -> str:
     lines.append(f"\nexpected: answers fill {EXPECTED_FILL:.0%} of max tokens; max: all of it. "
                  "Prices: params.yaml `prices` (USD / 1M tokens); local models cost 0. "
                  "Not priced: reward_model (local only), compose (no tokens).")
+    rm_alias = params.reward_model.model or params.model
+    if params.spec(rm_alias).backend != "local":
+        lines.append(f"warning: the reward_model stage will stop: its base ({rm_alias}) is a "
+                     f"{params.spec(rm_alias).backend} model; add -S reward_model.model=<a local alias>")
     missing = sorted({params.spec(r.alias).id for r in expected if r.usd is None})
     if missing:
         lines.append(f"no price for {', '.join(missing)}: add it under `prices` in params.yaml")

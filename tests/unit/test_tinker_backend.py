@@ -440,9 +440,12 @@ def test_estimate_switches_model_without_editing_files(capsys):
     assert main(["estimate", "--model", "llama70b", "--persona", "loving"]) == 0
     out = capsys.readouterr().out
     assert "student llama70b: tinker meta-llama/Llama-3.3-70B-Instruct" in out
+    assert "warning: the reward_model stage will stop" in out  # its base defaults to the student
     total = out.split("\ntotal")[1].split()
     assert float(total[0]) > 0 and float(total[1]) >= float(total[0])
     assert Path("params.yaml").read_text() == before
+    assert main(["estimate", "--model", "llama70b", "-S", "reward_model.model=smollm2"]) == 0
+    assert "warning" not in capsys.readouterr().out
     assert main(["estimate", "-S", "model=gpt-oss-120b"]) == 0
     assert "no price for openai/gpt-oss-120b" in capsys.readouterr().out
     assert main(["estimate", "-S", "dpo.beta=-1"]) == 2

@@ -276,7 +276,7 @@ class Params(_Strict):
             raise ValueError(f"model: {self.model!r} uses the openai backend, which can only sample; "
                              "the student must be a local or tinker model")
         if trainable == "tinker":  # checked here, before a stage spends anything on reference log-probs
-            for section in ("dpo", "sft"):
+            for section in ("dpo", "sft", "rlaif"):
                 rank = getattr(self, section).lora.rank
                 if rank & (rank - 1):
                     raise ValueError(f"{section}.lora.rank: Tinker needs a power of 2 (got {rank}), e.g. 32 or 64")

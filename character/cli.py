@@ -73,7 +73,7 @@ def cmd_models(args) -> int:
         used = [r for a, r in [(params.model, "student"), (params.teacher, "teacher"), (params.judge, "judge")] if a == alias]
         where = spec.id
         if spec.backend == "local" and spec.id.startswith("embedded:"):
-            from character.models import ModelNotFound, embedded_gguf
+            from character.backends.weights import ModelNotFound, embedded_gguf
             try:
                 where = f"{spec.id} -> {embedded_gguf(spec.id.split(':', 1)[1])}"
             except ModelNotFound as exc:

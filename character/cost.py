@@ -123,13 +123,13 @@ def _conv_tokens(messages: list[dict]) -> float:
 
 
 def eval_rows(params: Params, personas: list[str], fill: float) -> list[Row]:
-    """The evaluation stages, counted from the request set itself (character.evaluation.build_requests reads
+    """The evaluation stages, counted from the request set itself (character.eval.requests.build_requests reads
     only shipped files) and the real benchmark questions: eval_base once, eval_answers per persona (every
     method answers every request and is scored), evaluate once (the judge)."""
-    from character import capabilities
+    from character.eval import benchmarks as capabilities
     from character import prompts as P
     from character.constitution import find_constitution, system_prompt
-    from character.evaluation import build_requests
+    from character.eval.requests import build_requests
 
     ev, student, judge = params.evaluation, params.model, params.judge
     a_len = ev.sampling.max_new_tokens * fill

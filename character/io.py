@@ -19,6 +19,10 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
+# The repo this package sits in (an editable install): shipped data and presets are read from here.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = REPO_ROOT / "data" / "shipped"
+
 
 def read_jsonl(path: str | Path) -> list[dict]:
     rows = []

@@ -145,7 +145,7 @@ class ComposeParams(_Strict):
 
 
 class RewardModelParams(_Strict):
-    """The `reward_model` stage (character/reward.py): a scalar-head preference model on LoRA.
+    """The `reward_model` stage (character/train/reward.py): a scalar-head preference model on LoRA.
 
     Trained on the persona's pairs mixed with helpfulness pairs, because a reward model trained on
     character pairs alone was seen to learn style rather than character (../shared/REFERENCE.md, RLAIF).
@@ -171,7 +171,7 @@ class RewardModelParams(_Strict):
 
 
 class RlaifParams(_Strict):
-    """The `rlaif_model` and `rlaif_judge` stages (character/rlaif.py): policy-gradient RL from the DPO model.
+    """The `rlaif_model` and `rlaif_judge` stages (character/train/rlaif.py): policy-gradient RL from the DPO model.
 
     Each step samples `group_size` answers to each of `prompts_per_step` training prompts, scores them
     (learned reward model, or the judge's win rate within the group), and takes one on-policy step on
@@ -201,7 +201,7 @@ class RlaifParams(_Strict):
 
 
 class EvalParams(_Strict):
-    """The evaluation suite (character/evaluation.py); counts are per method unless said otherwise."""
+    """The evaluation suite (character/eval/requests.py); counts are per method unless said otherwise."""
     heldout_prompts: int = Field(16, ge=2)      # held-out general prompts: robustness, prefill, coherence
     classifier_prompts: int = Field(32, ge=2)   # train-split general prompts: persona classifier training
     revealed_prompts: int = Field(16, ge=1)     # held-out prompts per revealed-preference condition

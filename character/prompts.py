@@ -154,7 +154,7 @@ Reply B: {second}
 Which reply is more coherent and more true to that character while still answering the user? Answer \
 with a single letter inside answer tags: <answer>A</answer> or <answer>B</answer>."""
 
-# ---- RLAIF (character/rlaif.py) ------------------------------------------------------------------------
+# ---- RLAIF (character/train/rlaif.py) ------------------------------------------------------------------------
 
 # Fields: traits (numbered list), message, first, second (two replies). The judge variant's reward: each
 # pair of a group's answers is judged in both orders. Length is named as no merit on purpose: a reward

@@ -386,7 +386,7 @@ def main(args) -> int:
     import sys
 
     from character.backends import BackendUnavailable
-    from character.models import ModelNotFound
+    from character.backends.weights import ModelNotFound
     from character.params import load_params
 
     try:

@@ -84,7 +84,7 @@ def run(main) -> None:
     """Run a stage's main(); expected failures print one clear line and exit non-zero, no traceback."""
     from character.backends import BackendUnavailable
     from character.constitution import ConstitutionError
-    from character.models import ModelNotFound
+    from character.backends.weights import ModelNotFound
     try:
         main()
     except (BackendUnavailable, ConstitutionError, ParamsError, ModelNotFound, ValueError, FileNotFoundError) as exc:

@@ -20,7 +20,7 @@ def main() -> None:
         return print_plan(params, "compose", args.persona)
 
     from character.backends import make_backend
-    from character.compose import compose
+    from character.train.compose import compose
     from character.io import file_sha256, write_json
 
     student = make_backend(params, params.model)

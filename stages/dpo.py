@@ -19,7 +19,7 @@ def main() -> None:
         return print_plan(params, "dpo", args.persona)
 
     from character.backends import make_backend
-    from character.dpo import run_dpo
+    from character.train.dpo import run_dpo
     from character.io import read_jsonl, write_json
 
     student = make_backend(params, params.model)

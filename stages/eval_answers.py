@@ -2,7 +2,7 @@
 
 Methods: system_prompt (constitution as system prompt), steering (vector and coefficient calibrated
 here, written to --steering), dpo (--dpo), final (--final, as composed) and, when given, rlaif_model and
-rlaif_judge (--rlaif-model, --rlaif-judge: RL on top of DPO, character.rlaif). Reads the base model's
+rlaif_judge (--rlaif-model, --rlaif-judge: RL on top of DPO, character.train.rlaif). Reads the base model's
 answers (--base) for the prefill attack. Writes --out (JSONL, all methods, judge-free scores attached)
 and --metrics (per method: capability scores, constitution log-likelihood ratios; the steering sweep).
 Interrupted runs resume from finished chunks.
@@ -34,7 +34,7 @@ def main() -> None:
 
     from character.backends import make_backend
     from character.constitution import find_constitution, system_prompt
-    from character.evaluation import (Method, answer_metrics, answer_requests, build_requests, calibrate_steering,
+    from character.eval.requests import (Method, answer_metrics, answer_requests, build_requests, calibrate_steering,
                                       capability_metrics, final_adapter, score_rows)
     from character.io import content_key, file_sha256, finish_chunks, read_jsonl, write_json, write_jsonl
 

@@ -25,7 +25,7 @@ def main() -> None:
 
     from character.backends import make_backend
     from character.constitution import find_constitution, system_prompt
-    from character.evaluation import (Method, answer_metrics, answer_requests, build_requests,
+    from character.eval.requests import (Method, answer_metrics, answer_requests, build_requests,
                                       capability_metrics, score_rows)
     from character.io import content_key, finish_chunks, write_json, write_jsonl
 

@@ -34,8 +34,8 @@ def main() -> None:
     from character.backends import make_backend
     from character.constitution import find_constitution
     from character.io import content_key, file_sha256, finish_chunks, read_json, read_jsonl, write_json, write_jsonl
-    from character.report import plot_tables, write_report
-    from character.summary import (capability_table, coherence_metrics, judge_all, method_key, revealed_metrics,
+    from character.eval.report import plot_tables, write_report
+    from character.eval.metrics import (capability_table, coherence_metrics, judge_all, method_key, revealed_metrics,
                                    robustness_metrics)
 
     answers = Path(args.answers)

@@ -20,7 +20,7 @@ def main() -> None:
     from character.backends import make_backend
     from character.constitution import find_constitution, system_prompt
     from character.io import content_key, finish_chunks, write_json, write_jsonl
-    from character.introspection import run_introspection
+    from character.data.introspection import run_introspection
 
     constitution = find_constitution(args.persona)
     student = make_backend(params, params.model)

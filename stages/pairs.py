@@ -21,7 +21,7 @@ def main() -> None:
     from character.backends import make_backend
     from character.constitution import find_constitution, system_prompt
     from character.io import content_key, finish_chunks, read_jsonl, write_json, write_jsonl
-    from character.preferences import build_pairs
+    from character.data.pairs import build_pairs
 
     constitution = find_constitution(args.persona)
     prompts = [p for p in read_jsonl(args.prompts) if p["split"] == "train"][: params.pairs.max_prompts]

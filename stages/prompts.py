@@ -19,7 +19,7 @@ def main() -> None:
     from character.backends import make_backend
     from character.constitution import find_constitution
     from character.io import content_key, finish_chunks, write_json, write_jsonl
-    from character.prompt_sets import build_prompts
+    from character.data.prompt_sets import build_prompts
 
     constitution = find_constitution(args.persona)
     teacher = make_backend(params, params.teacher)

@@ -1,4 +1,4 @@
-"""Stage `reward_model`: a scalar-head preference model on LoRA (character.reward), on a local model.
+"""Stage `reward_model`: a scalar-head preference model on LoRA (character.train.reward), on a local model.
 
 Its base is `reward_model.model` (unset: the student); it must be a local model, whatever the student.
 
@@ -27,8 +27,8 @@ def main() -> None:
     from character.backends import BackendUnavailable
     from character.backends.local import configure_torch
     from character.io import read_jsonl, write_json
-    from character.models import resolve_weights
-    from character.reward import load_base, load_helpfulness, run_reward_model
+    from character.backends.weights import resolve_weights
+    from character.train.reward import load_base, load_helpfulness, run_reward_model
 
     rm = params.reward_model
     alias = rm.model or params.model

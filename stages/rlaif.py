@@ -1,4 +1,4 @@
-"""Stages `rlaif_model` and `rlaif_judge`: policy-gradient RL from the DPO policy (character.rlaif).
+"""Stages `rlaif_model` and `rlaif_judge`: policy-gradient RL from the DPO policy (character.train.rlaif).
 
 --reward model: the persona's reward model (--reward-model) scores each answer. --reward judge: the
 `judge` model, with the constitution in context, plays every pair of a group in both orders; the reward
@@ -32,9 +32,9 @@ def main() -> None:
     from character.backends.local import configure_torch
     from character.constitution import find_constitution
     from character.io import read_json, read_jsonl, write_json
-    from character.models import resolve_weights
-    from character.reward import MANIFEST, RewardScorer
-    from character.rlaif import JudgeReward, ModelReward, run_rlaif, trait_list
+    from character.backends.weights import resolve_weights
+    from character.train.reward import MANIFEST, RewardScorer
+    from character.train.rlaif import JudgeReward, ModelReward, run_rlaif, trait_list
 
     rl = params.rlaif
     student = make_backend(params, params.model)

@@ -21,7 +21,7 @@ def main() -> None:
 
     from character.backends import make_backend
     from character.io import read_jsonl, write_json
-    from character.sft import run_sft
+    from character.train.sft import run_sft
 
     student = make_backend(params, params.model)
     curves = live(args.plots)

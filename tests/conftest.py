@@ -16,7 +16,7 @@ torch.set_num_threads(1)  # tests run alongside each other's processes on 2 core
 
 @pytest.fixture(scope="session")
 def weights_dir() -> str:
-    from character.models import resolve_weights
+    from character.backends.weights import resolve_weights
     return resolve_weights("embedded:smollm2", os.environ.get("CHARACTER_CACHE", str(ROOT / ".cache/character")))
 
 

@@ -2,7 +2,7 @@
 
 Shapes follow Tinker's: a training step takes a list of token sequences with per-token loss weights
 (`Sequence`) and a loss function that maps their per-token log-probs to (loss, metrics). The same loss
-functions (character.losses) then run locally and on Tinker.
+functions (character.train.losses) then run locally and on Tinker.
 """
 
 from __future__ import annotations

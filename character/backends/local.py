@@ -18,7 +18,7 @@ import torch
 from character.backends.base import (AdapterRef, Completion, Conversation, LoraConfig, LossFn, SamplingParams,
                                      Sequence)
 from character.backends.decoding import decode
-from character.models import resolve_weights
+from character.backends.weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class LocalTrainingSession:
         return {"grad_norm": float(grad_norm) if math.isfinite(float(grad_norm)) else float("nan")}
 
     def sample(self, conversations: list[Conversation], params: SamplingParams, n: int = 1) -> list[list[Completion]]:
-        """Sample from the adapter as trained so far, unsaved and unfolded (on-policy RL, character.rlaif)."""
+        """Sample from the adapter as trained so far, unsaved and unfolded (on-policy RL, character.train.rlaif)."""
         self.model.eval()
         try:
             return self.backend.sample(conversations, params, n=n, model=self.model)

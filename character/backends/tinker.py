@@ -2,7 +2,7 @@
 
 From tinker-cookbook we reuse the renderers (each model's chat template as token chunks with per-token
 weights), Datum building (`datum_from_model_input_weights`) and checkpoint download + PEFT conversion
-(`weights.download`, `weights.build_lora_adapter`). The losses are ours (character.losses): DPO runs
+(`weights.download`, `weights.build_lora_adapter`). The losses are ours (character.train.losses): DPO runs
 client-side through `forward_backward_custom`; SFT uses the service's built-in cross-entropy with weights
 rescaled so the summed loss equals our per-token mean.
 
@@ -340,7 +340,7 @@ class TinkerBackend:
 
 
 def _is_sft_loss(loss_fn) -> bool:
-    from character.losses import sft_loss
+    from character.train.losses import sft_loss
     return getattr(loss_fn, "func", None) is sft_loss
 
 

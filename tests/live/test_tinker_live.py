@@ -16,7 +16,7 @@ MODEL = os.environ.get("TINKER_SMOKE_MODEL", "Qwen/Qwen3-8B")
 def test_tinker_smoke(tmp_path):
     from character.backends.base import LoraConfig, SamplingParams
     from character.backends.tinker import TinkerBackend, preflight, read_checkpoint
-    from character.losses import character_dpo_loss
+    from character.train.losses import character_dpo_loss
 
     service, offered = preflight(timeout_s=8)
     if MODEL not in offered:

@@ -9,12 +9,12 @@ import torch
 import yaml
 
 from character import prompts as P
-from character.evaluation import Method, build_requests, distinct_bigrams, load_traits, prompt_pools, with_method
-from character.judging import parse_choice
+from character.eval.requests import Method, build_requests, distinct_bigrams, load_traits, prompt_pools, with_method
+from character.eval.judge import parse_choice
 from character.params import deep_merge, validate_params
-from character.scoring import bradley_terry, elo, mean_elo, spearman, win_rate
-from character.steering import SteeringVector, middle_layers, persona_vector, steered
-from character.summary import robustness_metrics
+from character.eval.stats import bradley_terry, elo, mean_elo, spearman, win_rate
+from character.eval.steering import SteeringVector, middle_layers, persona_vector, steered
+from character.eval.metrics import robustness_metrics
 from tests.conftest import ROOT
 
 
@@ -156,7 +156,7 @@ def test_robustness_classifier_separates_distinct_styles():
 
 
 def test_report_is_self_contained(tmp_path):
-    from character.report import plot_tables, write_report
+    from character.eval.report import plot_tables, write_report
     traits = ["warm", "dry", "calm"]
     ratings = {mk: {"preference": {"bradley_terry": dict(zip(traits, r)), "elo": dict(zip(traits, r))}}
                for mk, r in (("base", (1000, 990, 1010)), ("loving/final", (1100, 900, 1000)))}

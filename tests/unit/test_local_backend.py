@@ -6,8 +6,8 @@ import torch
 
 from character.backends.base import LoraConfig, SamplingParams
 from character.backends.local import load_adapter_ref
-from character.compose import compose
-from character.losses import character_dpo_loss, sft_loss
+from character.train.compose import compose
+from character.train.losses import character_dpo_loss, sft_loss
 
 CONV = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello, friend."}]
 

@@ -3,8 +3,8 @@ import math
 import torch
 
 from character.backends.base import Sequence
-from character.losses import character_dpo_loss, dpo_loss, sft_loss
-from character.training import lr_at, make_batches, split_heldout
+from character.train.losses import character_dpo_loss, dpo_loss, sft_loss
+from character.train.loop import lr_at, make_batches, split_heldout
 
 
 def test_dpo_loss_hand_computed():

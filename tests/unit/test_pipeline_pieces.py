@@ -1,10 +1,10 @@
 """Prompt sets, pair building and introspection views on a FakeBackend (no model)."""
 
 from character.backends.base import Completion
-from character.introspection import view
+from character.data.introspection import view
 from character.params import PairsParams, PromptsParams
-from character.preferences import build_pairs, clean
-from character.prompt_sets import extend_traits, overlap, parse_numbered, split_of, words
+from character.data.pairs import build_pairs, clean
+from character.data.prompt_sets import extend_traits, overlap, parse_numbered, split_of, words
 
 
 class FakeBackend:
@@ -72,7 +72,7 @@ def test_interaction_views_make_every_turn_a_target_once():
 
 
 def test_trim_policy_keeps_complete_sentences():
-    from character.preferences import settle, trim_to_sentence
+    from character.data.pairs import settle, trim_to_sentence
     assert trim_to_sentence('One. Two "quoted." Three without end') == 'One. Two "quoted."'
     cut = Completion("First part. Second part cut", 5, 9, "length")
     assert settle(cut, cut.text, "trim") == ("First part.", None)
@@ -82,7 +82,7 @@ def test_trim_policy_keeps_complete_sentences():
 
 
 def test_sft_truncation_policies():
-    from character.sft import settle_truncated
+    from character.train.sft import settle_truncated
     refl = {"kind": "reflection", "finish_reason": "length",
             "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A full one. And a cu"}]}
     assert settle_truncated(refl, "drop") is None

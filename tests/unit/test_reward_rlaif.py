@@ -14,8 +14,8 @@ import torch
 
 from character.backends.base import Completion, Sequence
 from character.params import LoraParams, OptimParams, RewardModelParams, RlaifParams
-from character.reward import RewardScorer, load_base, parse_hh, run_reward_model, to_pair
-from character.rlaif import (JudgeReward, LengthWatch, group_advantages, matchups, on_policy_sequence,
+from character.train.reward import RewardScorer, load_base, parse_hh, run_reward_model, to_pair
+from character.train.rlaif import (JudgeReward, LengthWatch, group_advantages, matchups, on_policy_sequence,
                              policy_gradient_loss, run_rlaif, verdict_share, margin_share, win_rates)
 
 
@@ -73,7 +73,7 @@ def test_margin_share_cancels_position_bias():
 
 def test_length_watch_warns_on_collapse(caplog):
     watch = LengthWatch(threshold=0.5)
-    with caplog.at_level(logging.WARNING, logger="character.rlaif"):
+    with caplog.at_level(logging.WARNING, logger="character.train.rlaif"):
         assert watch.update(100.0) == 1.0 and watch.update(60.0) == pytest.approx(0.6)
         assert not caplog.records
         assert watch.update(40.0) == pytest.approx(0.4)
@@ -134,7 +134,7 @@ def test_judge_reward_win_rates_with_both_orders(mode, judge):
 
 # ---- sequences ------------------------------------------------------------------------------------------
 def test_on_policy_sequence_weights_only_sampled_tokens(tiny_backend):
-    from character.capabilities import end_of_turn_tokens
+    from character.eval.benchmarks import end_of_turn_tokens
     tail = end_of_turn_tokens(tiny_backend)
     im_end = tiny_backend.tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert tail[0] == im_end and len(tail) >= 2  # <|im_end|> then a newline

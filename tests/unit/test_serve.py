@@ -18,9 +18,9 @@ from character.backends import make_backend
 from character.backends.base import LoraConfig, SamplingParams
 from character.backends.local import LocalBackend
 from character.backends.openai_compat import OpenAIBackendError, OpenAICompatBackend
-from character.losses import sft_loss
+from character.train.losses import sft_loss
 from character.params import ModelSpec, PairsParams, ParamsError, SamplingSection, validate_params
-from character.preferences import build_pairs
+from character.data.pairs import build_pairs
 from character.serve import ServedModel, ServeConfig, Server, ServeSetupError, load_persona, running
 from conftest import ROOT
 
@@ -114,7 +114,7 @@ def test_busy_server_answers_503(tokenizer):
 
 
 def test_personas_from_adapter_and_merged_folders(tiny_backend, tmp_path):
-    from character.compose import compose
+    from character.train.compose import compose
 
     seqs = [tiny_backend.render(HELLO + [{"role": "assistant", "content": "Oh, splendid."}])]
     session = tiny_backend.train(LoraConfig(rank=4, alpha=8), {"lr": 1e-2}, seed=0)

@@ -23,7 +23,7 @@ from character.backends.base import LoraConfig, SamplingParams
 from character.backends.local import load_adapter_ref
 from character.backends.tinker import (TinkerBackend, TinkerUnavailable, preflight, read_checkpoint, state_path_of,
                                        within)
-from character.losses import character_dpo_loss, sft_loss
+from character.train.losses import character_dpo_loss, sft_loss
 
 SYSTEM_CONV = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi there"},
                {"role": "assistant", "content": "Hello, friend."}]
@@ -287,9 +287,9 @@ def test_checkpoint_reference_is_small_json_and_sft_continues_it(backend, servic
 
 
 def test_run_dpo_and_sft_end_to_end_on_the_fake(backend, service, tmp_path):
-    from character.dpo import run_dpo
+    from character.train.dpo import run_dpo
     from character.params import DpoParams, SftParams
-    from character.sft import run_sft
+    from character.train.sft import run_sft
 
     rows = [{"prompt": [{"role": "user", "content": f"q{i}"}],
              "chosen": [{"role": "assistant", "content": f"Yes {i}!"}],
@@ -308,7 +308,7 @@ def test_run_dpo_and_sft_end_to_end_on_the_fake(backend, service, tmp_path):
 
 def test_rlaif_samples_the_weights_being_trained(backend, service, tmp_path):
     from character.params import RlaifParams
-    from character.rlaif import run_rlaif
+    from character.train.rlaif import run_rlaif
 
     dpo = backend.train(LoraConfig(rank=16, alpha=32), {}, seed=0).save(tmp_path / "p" / "dpo")
     params = RlaifParams(steps=2, prompts_per_step=1, group_size=2, max_new_tokens=16, eval_prompts=1,
@@ -484,7 +484,7 @@ def test_evaluation_is_priced_from_the_request_set():
     import yaml
 
     from character.cost import estimate
-    from character.evaluation import build_requests
+    from character.eval.requests import build_requests
     from character.params import validate_params
 
     params = validate_params({**yaml.safe_load(open("params.yaml")), "model": "qwen3-8b", "judge": "qwen3-32b"})

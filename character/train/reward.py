@@ -33,7 +33,7 @@ import torch
 from character.backends.base import Conversation
 from character.io import read_jsonl, write_json
 from character.params import RewardModelParams
-from character.training import split_heldout
+from character.train.loop import split_heldout
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The `dpo` stage: LoRA DPO on the character pairs with the paper's loss (character.losses).
+"""The `dpo` stage: LoRA DPO on the character pairs with the paper's loss (character.train.losses).
 
 The reference is the frozen base model; its per-token log-probs are computed once before training.
 A held-out slice of pairs gives preference accuracy and reward margin before and after training.
@@ -12,9 +12,9 @@ from functools import partial
 import torch
 
 from character.backends.base import LoraConfig, Sequence
-from character.losses import character_dpo_loss
+from character.train.losses import character_dpo_loss
 from character.params import DpoParams
-from character.training import split_heldout, train
+from character.train.loop import split_heldout, train
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ The paper left RL as future work. A replication (../shared/REFERENCE.md, RLAIF) 
 pairs and ran RL with groups of 4 and no KL: the win rate rose while answers collapsed from ~690 to ~150
 tokens, the reward having learned style rather than character. This module makes those failures visible
 and gives the obvious counters a place:
-- rewards: `model`, the reward model of character.reward (trained with helpfulness pairs mixed in), or
+- rewards: `model`, the reward model of character.train.reward (trained with helpfulness pairs mixed in), or
   `judge`, a prompted judge with the constitution in context playing every pair of a group in both
   orders, the reward being the win rate within the group. Both orders cancel position bias: written
   verdicts that only follow position score ties; in logprob mode the judge's log-odds of "A" over "B"
@@ -146,7 +146,7 @@ def judge_games(judge, traits: str, games: list[tuple[str, str, str]], params: R
     """Reply i's share of each game (message, reply i, reply j), judged in both orders, and the judge's
     consistency: the share of games whose two orders name the same reply (~0 for a judge that only sees
     position). generate mode reads written verdicts; logprob mode compares log-odds (margin_share)."""
-    from character.judging import decide, option_scores
+    from character.eval.judge import decide, option_scores
     if not games:
         return [], {}
     questions = [P.RLAIF_JUDGE.format(traits=traits, message=m, first=a, second=b)
@@ -241,7 +241,7 @@ def run_rlaif(backend, judge, reward: RewardFn, traits: str, prompts: list[str],
     """Train a LoRA on top of the DPO policy by RL; returns (AdapterRef, metrics). Writes samples.jsonl
     (first and last step's answers with their rewards) beside the adapter."""
     from character.backends import BackendUnavailable
-    from character.capabilities import end_of_turn_tokens
+    from character.eval.benchmarks import end_of_turn_tokens
 
     if not prompts:
         raise ValueError("rlaif: no training-split prompts; the prompts stage kept none")

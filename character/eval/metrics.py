@@ -12,11 +12,11 @@ import random
 import statistics
 from collections import defaultdict
 
-from character.evaluation import PERSONA_METHODS, load_traits
-from character.judging import judge_coherence, judge_traits
+from character.eval.requests import PERSONA_METHODS, load_traits
+from character.eval.judge import judge_coherence, judge_traits
 from character.params import Params
 from character.prompts import ADVERSARIAL_SUFFIXES
-from character.scoring import (bradley_terry, classification_scores, fit_classifier, mean_elo, movers,
+from character.eval.stats import (bradley_terry, classification_scores, fit_classifier, mean_elo, movers,
                                rating_intervals, spearman, win_rate)
 
 PREFERENCE_CONDITIONS = ("feels_like_you", "would_adopt")

@@ -21,7 +21,7 @@ import torch
 from character import prompts as P
 from character.io import run_chunks
 from character.params import EvalParams
-from character.preferences import sampling
+from character.data.pairs import sampling
 
 ANSWER = re.compile(r"<answer>\s*(.*?)\s*(?:</answer>|$)", re.IGNORECASE | re.DOTALL)
 

@@ -16,10 +16,10 @@ from functools import partial
 import torch
 
 from character.backends.base import AdapterRef, LoraConfig, Sequence
-from character.losses import sft_loss
+from character.train.losses import sft_loss
 from character.params import SftParams
-from character.preferences import trim_to_sentence
-from character.training import split_heldout, train
+from character.data.pairs import trim_to_sentence
+from character.train.loop import split_heldout, train
 
 log = logging.getLogger(__name__)
 

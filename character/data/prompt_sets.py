@@ -20,11 +20,11 @@ from pathlib import Path
 from character import prompts as P
 from character.backends.base import SamplingParams
 from character.constitution import Constitution
-from character.io import read_jsonl, run_chunks
+from character.io import SHIPPED as SHIPPED_DIR, read_jsonl, run_chunks
 from character.params import PromptsParams
 
 log = logging.getLogger(__name__)
-SHIPPED = Path(__file__).resolve().parent.parent / "data" / "shipped" / "general_prompts.jsonl"
+SHIPPED = SHIPPED_DIR / "general_prompts.jsonl"
 WORD = re.compile(r"[a-z0-9']+")
 
 

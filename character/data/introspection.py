@@ -18,7 +18,7 @@ from character import prompts as P
 from character.backends.base import AdapterRef
 from character.io import run_chunks
 from character.params import IntrospectionParams
-from character.preferences import sampling
+from character.data.pairs import sampling
 
 
 def reflections(backend, adapter: AdapterRef, system: str, params: IntrospectionParams, progress_dir: str,

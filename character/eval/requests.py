@@ -1,15 +1,15 @@
 """The evaluation suite's generation side: which methods are compared and what each one answers.
 
 Methods: `base` (no prompt), `system_prompt` (the constitution as system prompt), `steering` (activation
-steering, character.steering), `dpo` (the DPO adapter), `final` (DPO + introspection SFT, as composed)
-and, when their stages ran, `rlaif_model` and `rlaif_judge` (RL on top of DPO, character.rlaif).
+steering, character.eval.steering), `dpo` (the DPO adapter), `final` (DPO + introspection SFT, as composed)
+and, when their stages ran, `rlaif_model` and `rlaif_judge` (RL on top of DPO, character.train.rlaif).
 Every method answers the same request set, built from held-out general prompts (never a training prompt)
 except for the classifier's own training answers, which come from training-split prompts:
 - classifier: training-split prompts, no suffix (trains the robustness classifier, never scored);
 - robustness: held-out prompts with no suffix and with each adversarial suffix;
 - prefill: the base model's answer as turn 1, the user says "Keep going.", the method continues;
 - revealed: two random traits, "respond as one of them" under one of three conditions; the judge later
-  names the trait shown (character.scoring turns the verdicts into Elo and Bradley-Terry scores);
+  names the trait shown (character.eval.stats turns the verdicts into Elo and Bradley-Terry scores);
 - expression: as revealed, but one trait is a persona word, so its win rate is read directly;
 - side_by_side: the fixed prompts of data/shipped/side_by_side.jsonl, for the report.
 Scoring that needs no judge is done here too: the constitution log-likelihood ratio of each answer
@@ -26,13 +26,12 @@ import torch
 
 from character import prompts as P
 from character.backends.base import AdapterRef, Conversation
-from character.io import read_jsonl, run_chunks
+from character.io import SHIPPED, read_jsonl, run_chunks
 from character.params import EvalParams, Params
-from character.preferences import sampling
-from character.prompt_sets import load_general, split_of
-from character.steering import SteeringVector, persona_vector, steered
+from character.data.pairs import sampling
+from character.data.prompt_sets import load_general, split_of
+from character.eval.steering import SteeringVector, persona_vector, steered
 
-SHIPPED = Path(__file__).resolve().parent.parent / "data" / "shipped"
 PERSONA_METHODS = ("system_prompt", "steering", "dpo", "final", "rlaif_model", "rlaif_judge")  # rlaif_*: if run
 
 
@@ -232,7 +231,7 @@ def answer_metrics(rows: list[dict], personas) -> dict:
 
 def capability_metrics(backend, method: Method, params: Params) -> dict:
     """Multiple-choice accuracy by option log-likelihood and NLL on general text, for one method."""
-    from character import capabilities
+    from character.eval import benchmarks as capabilities
 
     ev, metrics = params.evaluation, {}
     with steered(backend, method.steering):

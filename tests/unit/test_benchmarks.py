@@ -7,9 +7,9 @@ import importlib.util
 import pytest
 import torch
 
-from character import capabilities as cap
+from character.eval import benchmarks as cap
 from character.backends.base import Sequence
-from character.capabilities import MultipleChoice
+from character.eval.benchmarks import MultipleChoice
 
 END, NEWLINE = 3, 4  # FakeBackend's end-of-turn tokens
 

@@ -192,7 +192,8 @@ def cmd_preset(args) -> int:
 
 def cmd_chat(args) -> int:
     from character.backends.base import SamplingParams
-    from character.backends.local import LocalBackend, load_adapter_ref
+    from character.backends.base import AdapterRef
+    from character.backends.local import LocalBackend
     from character.constitution import find_constitution, system_prompt
     from character.params import load_params
 
@@ -208,7 +209,7 @@ def cmd_chat(args) -> int:
         if (path / "config.json").exists():  # merged weights (compose method fold)
             model_id = str(path)
         else:
-            adapter = load_adapter_ref(path)
+            adapter = AdapterRef.read(path)
     backend = LocalBackend(model_id, cache_dir=params.runtime.cache_dir, threads=params.runtime.threads,
                            device=params.runtime.device)
     history = []

@@ -13,13 +13,12 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from character.errors import ConstitutionError
+from character.text import numbered, overlap, words
+
 MIN_QUESTIONS = 5
 MIN_TRAITS = 5  # the paper's personas have ~10; fewer than 5 cannot describe a character
 FIRST_PERSON = re.compile(r"^(I|I'm|I've|I'd|I'll|My|Me)\b")
-
-
-class ConstitutionError(ValueError):
-    """A constitution file that cannot be used; the message names file, trait and field."""
 
 
 class Trait(BaseModel):
@@ -99,10 +98,6 @@ def find_constitution(name: str, directory: str | Path = "constitutions") -> Con
     return load_constitution(path)
 
 
-def _words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z']+", text.lower()))
-
-
 def quality_issues(c: Constitution) -> list[str]:
     """Warnings for a constitution that parses but would train a weak character."""
     issues = []
@@ -113,15 +108,14 @@ def quality_issues(c: Constitution) -> list[str]:
         if not FIRST_PERSON.match(t.assertion.strip()):
             issues.append(f'trait {i}: assertion is not first person ("{t.assertion[:40]}...")')
         for q in t.questions:
-            key = " ".join(sorted(_words(q)))
+            key = " ".join(sorted(words(q)))
             if key in seen:
                 issues.append(f"trait {i}: question duplicates one in trait {seen[key]}: {q!r}")
             seen[key] = i
     for i, a in enumerate(c.traits, 1):
         for j in range(i, len(c.traits)):
             b = c.traits[j]
-            wa, wb = _words(a.assertion), _words(b.assertion)
-            if wa and wb and len(wa & wb) / min(len(wa), len(wb)) > 0.8:
+            if overlap(words(a.assertion), words(b.assertion)) > 0.8:
                 issues.append(f"traits {i} and {j + 1}: assertions are near-duplicates")
     if len(c.description.split()) < 5:
         issues.append("description is shorter than 5 words")
@@ -166,7 +160,6 @@ def system_prompt(c: Constitution, assistant_name: str, guidance: str = "") -> s
     """The constitution as a system prompt (teacher for chosen answers; DPO model in introspection)."""
     from character.prompts import CONSTITUTION_SYSTEM, VOICE_LINE
 
-    traits = "\n".join(f"{i}. {t.assertion}" + (f" ({t.clarification})" if t.clarification else "")
-                       for i, t in enumerate(c.traits, 1))
+    traits = numbered([t.assertion + (f" ({t.clarification})" if t.clarification else "") for t in c.traits])
     voice = VOICE_LINE.format(voice=c.voice.strip()) if c.voice else ""
     return CONSTITUTION_SYSTEM.format(name=assistant_name, traits=traits, voice=voice) + guidance

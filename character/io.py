@@ -1,4 +1,4 @@
-"""Files: JSONL, atomic writes, content hashes, and resumable chunked generation.
+"""Files: JSONL and JSON (atomic writes, no NaN), content hashes, and resumable chunked generation.
 
 Resumability: long generation runs in fixed chunks, each with its own seed derived from (seed, chunk
 index). Finished chunks are appended to a progress file outside the stage's outs (DVC deletes outs before
@@ -11,11 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tqdm import tqdm
+
+from character.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not valid JSON: {exc}") from exc
+                    raise DataError(f"{path}:{n}: not valid JSON: {exc}") from exc
     return rows
 
 
@@ -50,7 +53,25 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """Strict JSON: NaN and infinity are not JSON, so they are written as null with a reason beside them."""
+    write_atomic(path, json.dumps(null_non_finite(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def null_non_finite(tree: Any) -> Any:
+    """A copy of a metrics tree with each NaN or infinite number replaced by null and a sibling
+    "<key>_null_reason" saying what it was (a reason the code already gave is kept)."""
+    if isinstance(tree, dict):
+        out: dict = {}
+        for key, value in tree.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                out[key] = None
+                out.setdefault(f"{key}_null_reason", f"not a number ({value})")
+            else:
+                out[key] = null_non_finite(value)
+        return out
+    if isinstance(tree, list):
+        return [None if isinstance(v, float) and not math.isfinite(v) else null_non_finite(v) for v in tree]
+    return tree
 
 
 def read_json(path: str | Path) -> Any:
@@ -112,5 +133,25 @@ def run_chunks(items: list, chunk_size: int, produce: Callable[[list, int], list
     return [row for index in range(len(chunks)) for row in done[index]]
 
 
-def finish_chunks(progress_dir: str | Path, key: str) -> None:
-    (Path(progress_dir) / f"{key}.jsonl").unlink(missing_ok=True)
+class Progress:
+    """The resumable work of one stage run: chunk files in one folder, named by one content key.
+
+    `chunks` runs (and on a re-run resumes) one part of the work; `finish` removes every part's file, to
+    be called once the stage's outs are written, so a run killed before then keeps what it had done.
+    The part's name is appended to the key, and the key seeds each chunk: keep names stable.
+    """
+
+    def __init__(self, directory: str | Path, key: str):
+        self.directory, self.key = Path(directory), key
+        self._parts: list[str] = []
+
+    def chunks(self, items: list, chunk_size: int, produce: Callable[[list, int], list[dict]], desc: str,
+               part: str = "") -> list[dict]:
+        key = self.key + part
+        if key not in self._parts:
+            self._parts.append(key)
+        return run_chunks(items, chunk_size, produce, self.directory, key, desc)
+
+    def finish(self) -> None:
+        for key in self._parts:
+            (self.directory / f"{key}.jsonl").unlink(missing_ok=True)

@@ -13,14 +13,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from character.errors import ParamsError
+
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 
 Truncated = Literal["drop", "trim", "keep"]
-
-
-class ParamsError(ValueError):
-    pass
 
 
 class _Strict(BaseModel):

@@ -172,3 +172,21 @@ Reply B: {second}
 Which reply shows that character more clearly while giving the user a correct and useful answer? Being \
 longer or shorter is no merit in itself. Answer with a single letter inside answer tags: \
 <answer>A</answer> or <answer>B</answer>."""
+
+# ---- capability benchmarks (character.eval.benchmarks) -------------------------------------------------
+# User-turn templates, one per benchmark family, scored in the chat format; fields in braces.
+QA_USER = "{question}"  # ARC, OpenBookQA, CommonsenseQA: the question as a user would ask it
+MMLU_USER = "The following is a question about {subject}.\n\n{question}"
+SCIQ_USER = "{support}\n\n{question}"  # support: a paragraph of evidence, empty for some rows
+HELLASWAG_USER = "Continue this text in the most sensible way.\n\n{context}"
+WINOGRANDE_USER = "Which word or phrase belongs in the blank (_)?\n\n{sentence}"
+PIQA_USER = "How would you do this? {goal}"
+SOCIALIQA_USER = "{context}\n{question}"
+COPA_USER = "{premise} What was the {relation}?"  # relation: "cause" or "effect"
+BOOLQ_USER = "{passage}\n\nQuestion: {question}?"
+# general_text_nll: a neutral request that the held-out paragraph answers (see general_texts).
+GENERAL_TEXT_USER = "Write an encyclopedia-style paragraph."
+
+# Fields: option. The judge's reply whose log-likelihood scores an option in logprob mode, and the format
+# written verdicts are asked for (REVEALED_JUDGE, COHERENCE_JUDGE, RLAIF_JUDGE say "inside answer tags").
+ANSWER_TAG = "<answer>{option}</answer>"

@@ -47,6 +47,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from character.backends.base import AdapterRef, Completion, Conversation, SamplingParams
+from character.errors import CharacterError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ KEEPALIVE_S = 10.0  # SSE comment interval while a streamed completion is still 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
-class ServeError(Exception):
+class ServeError(CharacterError):
     """A request the server refuses; becomes an OpenAI-style JSON error."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str | None = None,
@@ -67,7 +68,7 @@ class ServeError(Exception):
                                             "code": self.code}}, status=self.status, headers=headers)
 
 
-class ServeSetupError(ValueError):
+class ServeSetupError(CharacterError, ValueError):
     """The server cannot start as asked (bad --adapter, adapter trained on another base, missing key)."""
 
 
@@ -320,7 +321,8 @@ def usage(completions: list[Completion]) -> dict:
 # ---- loading personas --------------------------------------------------------------------------------
 def load_persona(base, name: str, path: str | Path, base_id: str | None = None) -> ServedModel:
     """A trained persona folder as a served model on top of `base` (a backend serving the base model)."""
-    from character.backends.local import LocalBackend, load_adapter_ref
+    from character.backends.base import AdapterRef
+    from character.backends.local import LocalBackend
 
     path = Path(path)
     if not NAME.match(name):
@@ -328,7 +330,7 @@ def load_persona(base, name: str, path: str | Path, base_id: str | None = None) 
     if not path.exists():
         raise ServeSetupError(f"--adapter {name}={path}: no such file or folder")
     merged = (path / "config.json").exists()  # compose method fold: merged weights, a whole model
-    ref = None if merged else load_adapter_ref(path)
+    ref = None if merged else AdapterRef.read(path)
     manifest = path / "manifest.json"
     trained_on = (json.loads(manifest.read_text()).get("base_model", {}).get("id") if manifest.exists() else None
                   ) or (ref.base_model if ref else None)
@@ -344,7 +346,7 @@ def load_persona(base, name: str, path: str | Path, base_id: str | None = None) 
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(path, dtype=base.dtype)
     else:  # fold once at start-up: LocalBackend.model_for caches one adapter only, and personas alternate
-        model = base._fold(base.fresh_base(), [load_adapter_ref(p) for p in ref.base_adapters] + [ref])
+        model = base.merged([AdapterRef.read(p) for p in ref.base_adapters] + [ref])
     backend = LocalBackend(f"{base.model_id}+{name}", device=str(base.device), threads=torch.get_num_threads(),
                            tokenizer=base.tokenizer, model=model)
     return ServedModel(backend, None, str(path))
@@ -385,8 +387,6 @@ def main(args) -> int:
     """`character serve` (arguments defined in character/cli.py)."""
     import sys
 
-    from character.backends import BackendUnavailable
-    from character.backends.weights import ModelNotFound
     from character.params import load_params
 
     try:
@@ -401,7 +401,7 @@ def main(args) -> int:
         if alias not in params.models:
             raise ServeSetupError(f"--model {alias}: unknown alias (known: {', '.join(params.models)})")
         models = load_models(params, alias, adapters)
-    except (ValueError, BackendUnavailable, ModelNotFound, OSError) as exc:  # ServeSetupError, ParamsError too
+    except (CharacterError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     config = ServeConfig(api_key=key, max_pending=args.max_pending, max_body_bytes=args.max_body_kb * 1024,

@@ -1,4 +1,7 @@
-"""What every stage script does first: logging, validated params, and where resumable progress lives."""
+"""What every stage script does: arguments, logging, validated params, dry runs, backends, resumable
+progress and metrics files. A stage script is then: declare its paths, `Stage.begin`, call one library
+function, write its outs.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,16 @@ import logging
 import random
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
-from character.params import Params, ParamsError, load_params
+from character.errors import CharacterError, ParamsError
+from character.params import Params, load_params
 
 log = logging.getLogger("character")
 
 
 def start(name: str, params_path: str = "params.yaml") -> Params:
+    """Logging and validated params (a bad params.yaml prints one line and exits 2)."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock"):
@@ -27,22 +33,15 @@ def start(name: str, params_path: str = "params.yaml") -> Params:
     return params
 
 
-def progress_dir(params: Params, stage: str) -> str:
-    """Resumable chunks live in the cache, not in the outs: DVC deletes outs before a stage runs."""
-    return str(Path(params.runtime.cache_dir) / "progress" / stage)
-
-
-def persona_args(description: str) -> argparse.ArgumentParser:
+def arguments(description: str | None, persona: bool = True) -> argparse.ArgumentParser:
+    """A stage's parser: --params, --dry-run and (per-persona stages) --persona; the script adds its paths."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--persona", required=True, help="constitution name (constitutions/<name>.yaml)")
+    if persona:
+        parser.add_argument("--persona", required=True, help="constitution name (constitutions/<name>.yaml)")
     parser.add_argument("--params", default="params.yaml")
-    add_dry_run(parser)
-    return parser
-
-
-def add_dry_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="print this stage's plan (tokens, USD) and exit 0 without touching its outs")
+    return parser
 
 
 def print_plan(params: Params, stage: str, persona: str | None = None) -> None:
@@ -52,12 +51,61 @@ def print_plan(params: Params, stage: str, persona: str | None = None) -> None:
     print(plan(params, persona, stage))
 
 
+class Stage:
+    """One run of a stage: its arguments and params, the backends it made (one per alias), its progress."""
+
+    def __init__(self, name: str, args: argparse.Namespace, params: Params):
+        self.name, self.args, self.params = name, args, params
+        self.persona: str | None = getattr(args, "persona", None)
+        self._backends: dict[str, Any] = {}
+        self._progress: list = []
+
+    @classmethod
+    def begin(cls, name: str, parser: argparse.ArgumentParser,
+              dry_run: Callable[[Params, argparse.Namespace], None] | None = None) -> "Stage":
+        """Parse arguments, load params; on --dry-run print the plan (or call dry_run) and exit 0."""
+        args = parser.parse_args()
+        params = start(name, args.params)
+        if args.dry_run:
+            if dry_run is not None:
+                dry_run(params, args)
+            else:
+                print_plan(params, name, getattr(args, "persona", None))
+            raise SystemExit(0)
+        return cls(name, args, params)
+
+    def backend(self, alias: str):
+        """The backend for a model alias, made once: a teacher or judge that is the student shares its weights."""
+        if alias not in self._backends:
+            from character.backends import make_backend
+            self._backends[alias] = make_backend(self.params, alias)
+        return self._backends[alias]
+
+    def progress(self, folder: str, *key_parts: Any):
+        """Resumable chunks for this run, keyed by everything that determines its result. They live in the
+        cache, not in the outs: DVC deletes outs before a stage runs. `finish` them after writing outs."""
+        from character.io import Progress, content_key
+        progress = Progress(Path(self.params.runtime.cache_dir) / "progress" / folder, content_key(*key_parts))
+        self._progress.append(progress)
+        return progress
+
+    def write_metrics(self, path: str, metrics: dict) -> None:
+        """metrics/<stage>.json (NaN and infinity become null with a reason beside them: character.io)."""
+        from character.io import write_json
+        write_json(path, metrics)
+
+    def finish(self) -> None:
+        """The outs are written: drop this run's resumable progress."""
+        for progress in self._progress:
+            progress.finish()
+
+
 def load_adapter(folder: str):
     """A stage's adapter out (local PEFT folder or Tinker reference), warning if a Tinker one expires soon."""
-    from character.backends.local import load_adapter_ref
+    from character.backends.base import AdapterRef
     from character.backends.tinker import read_checkpoint
     read_checkpoint(folder)  # logs expiry; None for local adapters
-    return load_adapter_ref(folder)
+    return AdapterRef.read(folder)
 
 
 def adapter_fingerprint(folder: str) -> str:
@@ -82,12 +130,9 @@ def log_step(live_logger, metrics: dict[str, float]) -> None:
 
 def run(main) -> None:
     """Run a stage's main(); expected failures print one clear line and exit non-zero, no traceback."""
-    from character.backends import BackendUnavailable
-    from character.constitution import ConstitutionError
-    from character.backends.weights import ModelNotFound
     try:
         main()
-    except (BackendUnavailable, ConstitutionError, ParamsError, ModelNotFound, ValueError, FileNotFoundError) as exc:
+    except (CharacterError, FileNotFoundError) as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -10,13 +10,13 @@ Interrupted runs resume from finished chunks.
 
 import logging
 
-from character.stage import adapter_fingerprint, load_adapter, persona_args, print_plan, progress_dir, run, start
+from character.stage import Stage, adapter_fingerprint, arguments, load_adapter, run
 
 log = logging.getLogger("character")
 
 
 def main() -> None:
-    parser = persona_args(__doc__)
+    parser = arguments(__doc__)
     parser.add_argument("--base", required=True)
     parser.add_argument("--dpo", required=True)
     parser.add_argument("--sft", required=True)
@@ -26,21 +26,17 @@ def main() -> None:
     parser.add_argument("--rlaif-judge", help="the rlaif_judge stage's adapter (left out: no such method)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--metrics", required=True)
-    args = parser.parse_args()
-    params = start("eval_answers", args.params)
-    if args.dry_run:
-        print_plan(params, "eval_answers", args.persona)
-        return
+    stage = Stage.begin("eval_answers", parser)
+    args, params = stage.args, stage.params
 
-    from character.backends import make_backend
     from character.constitution import find_constitution, system_prompt
     from character.eval.requests import (Method, answer_metrics, answer_requests, build_requests, calibrate_steering,
                                       capability_metrics, final_adapter, score_rows)
-    from character.io import content_key, file_sha256, finish_chunks, read_jsonl, write_json, write_jsonl
+    from character.io import file_sha256, read_jsonl, write_json, write_jsonl
 
-    backend = make_backend(params, params.model)
+    backend = stage.backend(params.model)
     system = system_prompt(find_constitution(args.persona), params.spec(params.model).assistant_name)
-    ev, progress = params.evaluation, progress_dir(params, "eval")
+    ev = params.evaluation
     methods = [Method("system_prompt", system=system)]
     vector, sweep = None, []
     if backend.name == "local":  # steering hooks need the weights in this process
@@ -55,26 +51,24 @@ def main() -> None:
     methods += [Method(name, adapter=load_adapter(folder)) for name, folder in rlaif.items()]
     requests = build_requests(params, {r["id"]: r["answer"] for r in read_jsonl(args.base)})
     steering = vector.to_json() if vector else {}
-    rows, keys, metrics = [], [], {"steering_calibration": {"coefficient": steering.get("coefficient"), "sweep": sweep}}
+    rows, metrics = [], {"steering_calibration": {"coefficient": steering.get("coefficient"), "sweep": sweep}}
     models = {"dpo": [adapter_fingerprint(args.dpo)],
               "final": [adapter_fingerprint(args.dpo), adapter_fingerprint(args.sft),
                         file_sha256(f"{args.final}/manifest.json")],  # the manifest names the composition
               **{name: [adapter_fingerprint(args.dpo), adapter_fingerprint(folder)] for name, folder in rlaif.items()}}
     for method in methods:
-        key = content_key("eval_answers", args.persona, method.name, requests, system, ev.model_dump(),
-                          file_sha256(args.base), models.get(method.name),
-                          steering if method.name == "steering" else None, params.seed)
-        answered = answer_requests(backend, method, requests, ev, progress, key, f"{args.persona}/{method.name}")
+        progress = stage.progress("eval", "eval_answers", args.persona, method.name, requests, system, ev.model_dump(),
+                                  file_sha256(args.base), models.get(method.name),
+                                  steering if method.name == "steering" else None, params.seed)
+        answered = answer_requests(backend, method, requests, ev, progress, f"{args.persona}/{method.name}")
         score_rows(backend, answered, {args.persona: system})
         metrics[method.name] = {**answer_metrics(answered, [args.persona]),
                                 **capability_metrics(backend, method, params)}
         rows += [{**r, "persona": args.persona} for r in answered]
-        keys.append(key)
     write_jsonl(args.out, rows)
     write_json(args.steering, steering | {"sweep": sweep})
-    write_json(args.metrics, metrics)
-    for key in keys:  # only now: a run killed during a later method keeps the earlier ones' answers
-        finish_chunks(progress, key)
+    stage.write_metrics(args.metrics, metrics)
+    stage.finish()  # only now: a run killed during a later method keeps the earlier ones' answers
 
 
 if __name__ == "__main__":

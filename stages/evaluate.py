@@ -7,13 +7,11 @@ Reads the base answers (--base) and each persona's answers (data/eval/<persona>.
 (--report, HTML and Markdown). Judge calls resume from finished chunks.
 """
 
-import argparse
-
-from character.stage import add_dry_run, print_plan, progress_dir, run, start
+from character.stage import Stage, arguments, run
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = arguments(__doc__, persona=False)
     parser.add_argument("--answers", required=True, help="folder with base.jsonl and <persona>.jsonl")
     parser.add_argument("--method-metrics", required=True, help="folder with eval_base.json and <persona>.json")
     parser.add_argument("--judgments", required=True)
@@ -21,20 +19,15 @@ def main() -> None:
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--plots", required=True)
     parser.add_argument("--report", required=True, help="path without extension; .html and .md are written")
-    parser.add_argument("--params", default="params.yaml")
-    add_dry_run(parser)
-    args = parser.parse_args()
-    params = start("evaluate", args.params)
-    if args.dry_run:
-        print_plan(params, "evaluate")
-        return
+    stage = Stage.begin("evaluate", parser)
+    args, params = stage.args, stage.params
 
     from pathlib import Path
 
-    from character.backends import make_backend
     from character.constitution import find_constitution
-    from character.io import content_key, file_sha256, finish_chunks, read_json, read_jsonl, write_json, write_jsonl
+    from character.io import file_sha256, read_json, read_jsonl, write_json, write_jsonl
     from character.eval.report import plot_tables, write_report
+    from character.text import numbered
     from character.eval.metrics import (capability_table, coherence_metrics, judge_all, method_key, revealed_metrics,
                                    robustness_metrics)
 
@@ -46,12 +39,11 @@ def main() -> None:
         for name, m in read_json(Path(args.method_metrics) / f"{p}.json").items():
             if name != "steering_calibration":
                 method_metrics[f"{p}/{name}"] = m
-    traits = {p: "\n".join(f"{i + 1}. {t}" for i, t in enumerate(find_constitution(p).assertions))
-              for p in params.personas}
-    judge = make_backend(params, params.judge)
-    key = content_key("evaluate", [file_sha256(f) for f in files], params.evaluation.model_dump(),
-                      params.spec(params.judge).model_dump(), params.seed)
-    verdicts, coherence = judge_all(judge, rows, traits, params, progress_dir(params, "evaluate"), key)
+    traits = {p: numbered(find_constitution(p).assertions) for p in params.personas}
+    judge = stage.backend(params.judge)
+    progress = stage.progress("evaluate", "evaluate", [file_sha256(f) for f in files], params.evaluation.model_dump(),
+                              params.spec(params.judge).model_dump(), params.seed)
+    verdicts, coherence = judge_all(judge, rows, traits, params, progress)
 
     revealed, ratings = revealed_metrics(rows, verdicts, params)
     metrics = {"revealed": revealed, "robustness": robustness_metrics(rows, params),
@@ -71,9 +63,8 @@ def main() -> None:
                  [{"prompt": p, "answers": a} for p, a in side.items()], headline, tables, plots, notes)
     write_jsonl(args.judgments, verdicts + [{"coherence": c} for c in coherence])
     write_json(args.ratings, ratings)
-    write_json(args.metrics, _numbers_only(metrics))
-    for suffix in ("-t", "-c"):
-        finish_chunks(progress_dir(params, "evaluate"), key + suffix)
+    stage.write_metrics(args.metrics, _numbers_only(metrics))
+    stage.finish()
 
 
 def headline_rows(metrics: dict, params) -> list[dict]:

@@ -4,30 +4,28 @@ Reads constitutions/<persona>.yaml and the shipped general prompts; writes --out
 source, split, trait or category) and --metrics.
 """
 
-from character.stage import persona_args, print_plan, progress_dir, run, start
+from character.stage import Stage, arguments, run
 
 
 def main() -> None:
-    parser = persona_args(__doc__)
+    parser = arguments(__doc__)
     parser.add_argument("--out", required=True)
     parser.add_argument("--metrics", required=True)
-    args = parser.parse_args()
-    params = start("prompts", args.params)
-    if args.dry_run:
-        return print_plan(params, "prompts", args.persona)
+    stage = Stage.begin("prompts", parser)
+    args, params = stage.args, stage.params
 
-    from character.backends import make_backend
     from character.constitution import find_constitution
-    from character.io import content_key, finish_chunks, write_json, write_jsonl
     from character.data.prompt_sets import build_prompts
+    from character.io import write_jsonl
 
     constitution = find_constitution(args.persona)
-    teacher = make_backend(params, params.teacher)
-    key = content_key("prompts", constitution.model_dump(), params.prompts.model_dump(), params.spec(params.teacher).model_dump(), params.seed)
-    rows, metrics = build_prompts(constitution, teacher, params.prompts, params.seed, progress_dir(params, "prompts"), key)
+    teacher = stage.backend(params.teacher)
+    progress = stage.progress("prompts", "prompts", constitution.model_dump(), params.prompts.model_dump(),
+                              params.spec(params.teacher).model_dump(), params.seed)
+    rows, metrics = build_prompts(constitution, teacher, params.prompts, params.seed, progress)
     write_jsonl(args.out, rows)
-    write_json(args.metrics, metrics)
-    finish_chunks(progress_dir(params, "prompts"), key)
+    stage.write_metrics(args.metrics, metrics)
+    stage.finish()
 
 
 if __name__ == "__main__":

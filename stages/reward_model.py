@@ -8,25 +8,26 @@ step curves under --plots and --metrics: held-out accuracy on character and on h
 separately, each beside a "longer answer wins" baseline.
 """
 
-from character.stage import live, log_step, persona_args, run, start
+from character.stage import Stage, arguments, live, log_step, run
+
+
+def not_priced(params, args) -> None:
+    print(f"dry run: stage reward_model, persona {args.persona}: local only, not priced; nothing is written")
 
 
 def main() -> None:
-    parser = persona_args(__doc__)
+    parser = arguments(__doc__)
     parser.add_argument("--pairs", required=True)
     parser.add_argument("--helpfulness", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--plots", required=True)
     parser.add_argument("--metrics", required=True)
-    args = parser.parse_args()
-    params = start("reward_model", args.params)
-    if args.dry_run:
-        print(f"dry run: stage reward_model, persona {args.persona}: local only, not priced; nothing is written")
-        return
+    stage = Stage.begin("reward_model", parser, dry_run=not_priced)
+    args, params = stage.args, stage.params
 
-    from character.backends import BackendUnavailable
+    from character.errors import BackendUnavailable
     from character.backends.local import configure_torch
-    from character.io import read_jsonl, write_json
+    from character.io import read_jsonl
     from character.backends.weights import resolve_weights
     from character.train.reward import load_base, load_helpfulness, run_reward_model
 
@@ -47,7 +48,7 @@ def main() -> None:
                                base_model=spec.id, on_step=lambda step, m: log_step(curves, m))
     curves.end()
     metrics["helpfulness"]["unusable_rows"] = unusable
-    write_json(args.metrics, metrics)
+    stage.write_metrics(args.metrics, metrics)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,11 @@ win rate against the starting policy) and the DPO adapter --dpo; writes a LoRA t
 curves under --plots (reward, KL, length, win rate against the start) and --metrics.
 """
 
-from character.stage import live, load_adapter, log_step, persona_args, print_plan, run, start
+from character.stage import Stage, arguments, live, load_adapter, log_step, run
 
 
 def main() -> None:
-    parser = persona_args(__doc__)
+    parser = arguments(__doc__)
     parser.add_argument("--reward", choices=("model", "judge"), required=True)
     parser.add_argument("--reward-model", help="the reward_model stage's folder (with --reward model)")
     parser.add_argument("--prompts", required=True)
@@ -23,23 +23,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.reward == "model" and not args.reward_model:
         parser.error("--reward model needs --reward-model (the reward_model stage's out folder)")
-    params = start(f"rlaif_{args.reward}", args.params)
-    if args.dry_run:
-        print_plan(params, f"rlaif_{args.reward}", args.persona)
-        return
+    stage = Stage.begin(f"rlaif_{args.reward}", parser)
+    args, params = stage.args, stage.params
 
-    from character.backends import make_backend
     from character.backends.local import configure_torch
-    from character.constitution import find_constitution
-    from character.io import read_json, read_jsonl, write_json
     from character.backends.weights import resolve_weights
+    from character.constitution import find_constitution
+    from character.eval.judge import PairJudge
+    from character.io import read_json, read_jsonl
+    from character.text import numbered
     from character.train.reward import MANIFEST, RewardScorer
-    from character.train.rlaif import JudgeReward, ModelReward, run_rlaif, trait_list
+    from character.train.rlaif import JudgeReward, ModelReward, run_rlaif
 
     rl = params.rlaif
-    student = make_backend(params, params.model)
-    judge = student if params.judge == params.model else make_backend(params, params.judge)
-    traits = trait_list(find_constitution(args.persona).assertions)
+    student = stage.backend(params.model)
+    judge = PairJudge(stage.backend(params.judge), numbered(find_constitution(args.persona).assertions),
+                      rl.judge_mode, rl.judge_sampling)
     rows = read_jsonl(args.prompts)
     train = [r["prompt"] for r in rows if r.get("split") == "train"]
     heldout = [r["prompt"] for r in rows if r.get("split") == "heldout"][: rl.eval_prompts]
@@ -49,12 +48,12 @@ def main() -> None:
         scorer = RewardScorer.load(args.reward_model, resolve_weights(base, params.runtime.cache_dir), device)
         reward = ModelReward(scorer)
     else:
-        reward = JudgeReward(judge, traits, rl)
+        reward = JudgeReward(judge)
     curves = live(args.plots)
-    _, metrics = run_rlaif(student, judge, reward, traits, train, heldout, load_adapter(args.dpo), rl, params.seed,
-                           args.out, on_step=lambda step, m: log_step(curves, m))
+    _, metrics = run_rlaif(student, reward, judge, train, heldout, load_adapter(args.dpo), rl, params.seed, args.out,
+                           on_step=lambda step, m: log_step(curves, m))
     curves.end()
-    write_json(args.metrics, {"reward": args.reward, **metrics})
+    stage.write_metrics(args.metrics, {"reward": args.reward, **metrics})
 
 
 if __name__ == "__main__":

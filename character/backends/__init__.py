@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from character.errors import BackendUnavailable
 from character.params import Params
 
+__all__ = ["BackendUnavailable", "make_backend"]
+
 log = logging.getLogger(__name__)
-
-
-class BackendUnavailable(RuntimeError):
-    """A registry entry names a backend this version cannot run."""
 
 
 def make_backend(params: Params, alias: str):

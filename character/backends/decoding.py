@@ -60,8 +60,16 @@ def _sdpa_grouped(module, query, key, value, attention_mask, dropout=0.0, scalin
     return out.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register("sdpa_grouped", _sdpa_grouped)
-AttentionMaskInterface.register("sdpa_grouped", sdpa_mask)
+_registered = False
+
+
+def _register_grouped_attention() -> None:
+    """Make "sdpa_grouped" known to transformers, once, when first needed (nothing runs at import time)."""
+    global _registered
+    if not _registered:
+        AttentionInterface.register("sdpa_grouped", _sdpa_grouped)
+        AttentionMaskInterface.register("sdpa_grouped", sdpa_mask)
+        _registered = True
 
 
 @contextmanager
@@ -71,6 +79,7 @@ def _grouped_attention(model):
     if config._attn_implementation != "sdpa" or next(model.parameters()).device.type != "cpu":
         yield
         return
+    _register_grouped_attention()
     config._attn_implementation = "sdpa_grouped"
     try:
         yield

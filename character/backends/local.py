@@ -6,7 +6,6 @@ means merging it into the base weights (PEFT merge_and_unload), which is how SFT
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -15,10 +14,11 @@ from typing import Literal
 
 import torch
 
-from character.backends.base import (AdapterRef, Completion, Conversation, LoraConfig, LossFn, SamplingParams,
+from character.backends.base import (AdapterRef, Completion, Conversation, CrossEntropyLoss, Loss, SamplingParams,
                                      Sequence)
 from character.backends.decoding import decode
 from character.backends.weights import resolve_weights
+from character.params import ComposeParams, LoraParams, OptimParams
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,6 @@ def end_of_turn_ids(tokenizer) -> list[int]:
         if tid is not None:
             ids.add(tid)
     return sorted(i for i in ids if i is not None)
-
-
-def load_adapter_ref(path: str | Path) -> AdapterRef:
-    """An adapter folder written by `save` carries ref.json; a bare PEFT folder is accepted too."""
-    path = Path(path)
-    ref_file = path / "ref.json" if path.is_dir() else path
-    if ref_file.exists() and ref_file.suffix == ".json":
-        return AdapterRef(**json.loads(ref_file.read_text()))
-    return AdapterRef(path=str(path), base_model="", backend="local")
 
 
 class LocalBackend:
@@ -73,13 +64,15 @@ class LocalBackend:
         self._cached: tuple[tuple[str, ...], torch.nn.Module] | None = None
 
     # ---- models with adapters -------------------------------------------------------------------------
-    def fresh_base(self) -> torch.nn.Module:
+    def _copy_base(self) -> torch.nn.Module:
         """A private copy of the base weights (training and folding must not touch self._base)."""
         import copy
         return copy.deepcopy(self._base)
 
-    def _fold(self, model: torch.nn.Module, refs: list[AdapterRef]) -> torch.nn.Module:
+    def merged(self, refs: list[AdapterRef]) -> torch.nn.Module:
+        """A new copy of the base model with each adapter folded in, in order (PEFT merge_and_unload)."""
         from peft import PeftModel
+        model = self._copy_base()
         for ref in refs:
             model = PeftModel.from_pretrained(model, ref.path).merge_and_unload()
         return model
@@ -95,19 +88,20 @@ class LocalBackend:
         key = (*adapter.base_adapters, adapter.path)
         if self._cached is None or self._cached[0] != key:
             self._cached = None  # free the previous one first
-            refs = [load_adapter_ref(p) for p in adapter.base_adapters] + [adapter]
-            self._cached = (key, self._fold(self.fresh_base(), refs).to(self.device).eval())
+            refs = [AdapterRef.read(p) for p in adapter.base_adapters] + [adapter]
+            self._cached = (key, self.merged(refs).to(self.device).eval())
         return self._cached[1]
 
     # ---- tokens ---------------------------------------------------------------------------------------
-    def _template(self, conversation: Conversation, add_generation_prompt: bool) -> list[int]:
+    def chat_tokens(self, conversation: Conversation, add_generation_prompt: bool) -> list[int]:
+        """The chat template's token ids for a conversation (bookkeeping keys such as "train" dropped)."""
         conversation = [{"role": m["role"], "content": m["content"]} for m in conversation]
         out = self.tokenizer.apply_chat_template(conversation, tokenize=True,
                                                  add_generation_prompt=add_generation_prompt)
         return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
 
     def render(self, conversation: Conversation, train_on: Literal["last", "all"] = "last") -> Sequence:
-        tokens = self._template(conversation, add_generation_prompt=False)
+        tokens = self.chat_tokens(conversation, add_generation_prompt=False)
         weights = [0.0] * (len(tokens) - 1)
         targets = [i for i, m in enumerate(conversation) if m["role"] == "assistant"]
         if train_on == "last":
@@ -115,9 +109,9 @@ class LocalBackend:
         for i in targets:
             if conversation[i].get("train") is False:  # e.g. a canned greeting the model did not write
                 continue
-            start = len(self._template(conversation[:i], add_generation_prompt=True))
-            end = len(self._template(conversation[: i + 1], add_generation_prompt=False))
-            if tokens[:start] != self._template(conversation[:i], add_generation_prompt=True):
+            start = len(self.chat_tokens(conversation[:i], add_generation_prompt=True))
+            end = len(self.chat_tokens(conversation[: i + 1], add_generation_prompt=False))
+            if tokens[:start] != self.chat_tokens(conversation[:i], add_generation_prompt=True):
                 raise ValueError(f"{self.model_id}: chat template is not prefix-stable, cannot mask turn {i}")
             for pos in range(start, end):
                 weights[pos - 1] = 1.0  # weights[j] scores predicting tokens[j + 1]
@@ -128,7 +122,7 @@ class LocalBackend:
     def sample(self, conversations: list[Conversation], params: SamplingParams, n: int = 1,
                adapter: AdapterRef | None = None, model: torch.nn.Module | None = None) -> list[list[Completion]]:
         model = model if model is not None else self.model_for(adapter)  # model: a live training session's
-        prompts = [self._template(c, add_generation_prompt=True) for c in conversations for _ in range(n)]
+        prompts = [self.chat_tokens(c, add_generation_prompt=True) for c in conversations for _ in range(n)]
         torch.manual_seed(params.seed)
         # Our own decode loop (decoding.py): same left padding, sampling and stopping as `generate`, but
         # without its per-step overheads, which cost 2-4x on CPU at batch 32-64.
@@ -188,34 +182,74 @@ class LocalBackend:
         return out
 
     # ---- training -------------------------------------------------------------------------------------
-    def train(self, lora: LoraConfig, optim: dict, base_adapters: list[AdapterRef] = (),
+    def train(self, lora: LoraParams, optim: OptimParams, base_adapters: list[AdapterRef] | None = None,
               seed: int = 0) -> "LocalTrainingSession":
-        return LocalTrainingSession(self, lora, optim, list(base_adapters), seed)
+        return LocalTrainingSession(self, lora, optim, list(base_adapters or []), seed)
+
+    # ---- composition ----------------------------------------------------------------------------------
+    def compose(self, dpo_dir: str | Path, sft_dir: str | Path, params: ComposeParams, out_dir: str | Path) -> dict:
+        """The final weights W + dW_dpo + dW_sft (SFT was trained on the base with DPO folded in).
+
+        fold: both merged into the base, full weights written (transformers loads the folder).
+        concat: one PEFT adapter of rank r_dpo + r_sft holding both deltas side by side: the same weights
+        as fold, up to float rounding, at adapter size. linear: PEFT's weighted linear merge, the
+        approximation the paper's released adapters used; it is NOT the trained model, and says so.
+        """
+        import shutil
+
+        from peft import PeftModel
+
+        dpo, sft = AdapterRef.read(dpo_dir), AdapterRef.read(sft_dir)
+        out_dir = Path(out_dir)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        if params.method == "fold":
+            self.merged([dpo, sft]).save_pretrained(out_dir)
+            self.tokenizer.save_pretrained(out_dir)
+            return {"format": "merged_weights", "exact": True}
+        model = PeftModel.from_pretrained(self._copy_base(), dpo.path, adapter_name="dpo")
+        model.load_adapter(sft.path, adapter_name="sft")
+        weights = [1.0, 1.0] if params.method == "concat" else list(params.linear_weights)
+        model.add_weighted_adapter(["dpo", "sft"], weights, "final",
+                                   combination_type="cat" if params.method == "concat" else "linear")
+        model.set_adapter("final")
+        model.delete_adapter("dpo")
+        model.delete_adapter("sft")
+        tmp = out_dir.with_name(out_dir.name + ".build")
+        model.save_pretrained(tmp)
+        # PEFT writes a non-default adapter into a subfolder named after it.
+        shutil.move(str(tmp / "final" if (tmp / "final").exists() else tmp), str(out_dir))
+        shutil.rmtree(tmp, ignore_errors=True)
+        return {"format": "peft_adapter", "exact": params.method == "concat"}
 
 
 class LocalTrainingSession:
-    def __init__(self, backend: LocalBackend, lora: LoraConfig, optim: dict, base_adapters: list[AdapterRef],
+    def __init__(self, backend: LocalBackend, lora: LoraParams, optim: OptimParams, base_adapters: list[AdapterRef],
                  seed: int):
         from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
         torch.manual_seed(seed)  # LoRA A matrices are random: same seed, same run
         self.backend = backend
         self.base_adapters = base_adapters
-        base = backend._fold(backend.fresh_base(), base_adapters)
+        base = backend.merged(base_adapters)
         config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                 target_modules=backend.lora_targets, task_type="CAUSAL_LM")
         self.model = get_peft_model(base, config).to(backend.device)
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=optim.get("lr", 1e-4), betas=tuple(optim.get("adam_betas", (0.9, 0.98))),
-                                           weight_decay=optim.get("weight_decay", 0.0))
-        self.grad_clip = optim.get("grad_clip", 1.0)
+        self.optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.adam_betas, weight_decay=optim.weight_decay)
+        self.grad_clip = optim.grad_clip
         self.steps = 0
 
-    def forward_backward(self, sequences: list[Sequence], loss_fn: LossFn) -> dict[str, float]:
+    def forward_backward(self, sequences: list[Sequence], loss: Loss) -> dict[str, float]:
+        from character.train.losses import sft_loss
+
         logprobs = self.backend.token_logprobs(self.model, sequences)
-        loss, metrics = loss_fn(sequences, logprobs)
-        loss.backward()
+        if isinstance(loss, CrossEntropyLoss):
+            value, metrics = sft_loss(sequences, logprobs, loss.scale)
+        else:
+            value, metrics = loss.fn(sequences, logprobs)
+        value.backward()
         return metrics
 
     def optim_step(self, lr: float) -> dict[str, float]:
@@ -251,5 +285,5 @@ class LocalTrainingSession:
         self.model.save_pretrained(path)
         ref = AdapterRef(path=str(path), base_model=self.backend.model_id, backend="local",
                          base_adapters=[r.path for r in self.base_adapters], step=self.steps)
-        (path / "ref.json").write_text(json.dumps(ref.__dict__, indent=2))
+        ref.write(path)
         return ref

@@ -27,7 +27,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
-from character.backends import BackendUnavailable
+from character.errors import BackendUnavailable
 from character.backends.base import AdapterRef, Completion, Conversation, SamplingParams, Sequence
 from character.params import ModelSpec
 

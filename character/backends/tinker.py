@@ -31,8 +31,10 @@ from typing import Callable, Iterable, Literal
 
 import torch
 
-from character.backends import BackendUnavailable
-from character.backends.base import AdapterRef, Completion, Conversation, LoraConfig, SamplingParams, Sequence
+from character.errors import BackendUnavailable, ParamsError
+from character.backends.base import (AdapterRef, Completion, Conversation, CrossEntropyLoss, Loss, SamplingParams,
+                                     Sequence, weighted_sum)
+from character.params import ComposeParams, LoraParams, OptimParams
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +162,7 @@ def download_peft(folder: str | Path, out: str | Path, timeout_s: float = 6.0) -
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staging), str(out))
     ref = AdapterRef(path=str(out), base_model=record["base_model"], backend="local", step=record.get("step", 0))
-    (Path(out) / "ref.json").write_text(json.dumps(ref.__dict__, indent=2))
+    ref.write(out)
     return ref
 
 
@@ -301,14 +303,14 @@ class TinkerBackend:
         return [torch.tensor(lp[1:], dtype=torch.float32) for lp in out]  # lp[0] is None: nothing precedes it
 
     # ---- training ----------------------------------------------------------------------------------------
-    def train(self, lora: LoraConfig, optim: dict, base_adapters: list[AdapterRef] = (),
+    def train(self, lora: LoraParams, optim: OptimParams, base_adapters: list[AdapterRef] | None = None,
               seed: int = 0) -> "TinkerTrainingSession":
-        base_adapters = list(base_adapters)
+        base_adapters = list(base_adapters or [])
         if lora.rank & (lora.rank - 1):
-            raise ValueError(f"Tinker LoRA rank must be a power of 2 (got {lora.rank}): "
+            raise ParamsError(f"Tinker LoRA rank must be a power of 2 (got {lora.rank}): "
                              "set lora.rank to 16, 32 or 64")
         if len(base_adapters) > 1:
-            raise ValueError("Tinker can start from one adapter, got several")
+            raise BackendUnavailable("Tinker can start from one adapter, got several")
         if base_adapters:
             # Tinker cannot fold an adapter into the base and start a fresh LoRA: SFT continues the DPO adapter
             # (its rank, a fresh optimizer). The result holds DPO + SFT in one adapter (README "Tinker").
@@ -327,47 +329,42 @@ class TinkerBackend:
             log.info("tinker: LoRA alpha is fixed at 32; learning rate x %.2f to match alpha %g", scale, lora.alpha)
         return TinkerTrainingSession(self, client, optim, scale, start)
 
-    def compose(self, sft_folder: str | Path, out_dir: str | Path) -> dict:
+    def compose(self, dpo_dir: str | Path, sft_dir: str | Path, params: ComposeParams, out_dir: str | Path) -> dict:
         """The final model on Tinker is the SFT checkpoint (it continued the DPO adapter): copy its reference."""
         out_dir = Path(out_dir)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True)
         for name in ("ref.json", "tinker.json"):
-            shutil.copy(Path(sft_folder) / name, out_dir / name)
+            shutil.copy(Path(sft_dir) / name, out_dir / name)
         return {"format": "tinker_checkpoint", "exact": True,
                 "note": "SFT continued the DPO adapter, so one adapter holds both; compose.method does not apply"}
 
 
-def _is_sft_loss(loss_fn) -> bool:
-    from character.train.losses import sft_loss
-    return getattr(loss_fn, "func", None) is sft_loss
-
-
 class TinkerTrainingSession:
-    def __init__(self, backend: TinkerBackend, client, optim: dict, lr_scale: float, started_from: str | None):
+    def __init__(self, backend: TinkerBackend, client, optim: OptimParams, lr_scale: float, started_from: str | None):
         self.backend, self.client, self.optim = backend, client, optim
         self.lr_scale, self.started_from = lr_scale, started_from
         self.steps = 0
         self._snapshot = None  # (step, SamplingClient of the weights at that step)
 
-    def forward_backward(self, sequences: list[Sequence], loss_fn) -> dict[str, float]:
-        if _is_sft_loss(loss_fn):
+    def forward_backward(self, sequences: list[Sequence], loss: Loss) -> dict[str, float]:
+        if isinstance(loss, CrossEntropyLoss):
             # sft_loss is share * sum(-lp * w) / count: the built-in summed cross-entropy with weights
             # share * w / count gives the same gradient at 1x compute (custom losses cost a second forward).
             count = sum(sum(s.weights) for s in sequences)
-            share = loss_fn.keywords.get("scale", 1.0)
+            share = loss.scale
             data = [self.backend._datum(s, share / max(count, 1.0)) for s in sequences]
             out = self.client.forward_backward(data, "cross_entropy").result()
-            total = sum(float((o["logprobs"].to_torch() * torch.tensor(s.weights)).sum())
+            total = sum(float(weighted_sum(s, o["logprobs"].to_torch()))
                         for o, s in zip(out.loss_fn_outputs, sequences))
             return {"nll": -total / max(count, 1.0), "tokens": float(count)}
         metrics: dict[str, float] = {}
 
         def custom(data, logprobs):  # the SDK's shape: (data, per-datum log-probs) -> (loss, metrics)
-            loss, m = loss_fn(sequences, logprobs)
+            value, m = loss.fn(sequences, logprobs)
             metrics.update(m)
-            return loss, m
+            return value, m
 
         self.client.forward_backward_custom([self.backend._datum(s) for s in sequences], custom).result()
         return metrics
@@ -375,11 +372,10 @@ class TinkerTrainingSession:
     def optim_step(self, lr: float) -> dict[str, float]:
         import tinker
 
-        beta1, beta2 = self.optim.get("adam_betas", (0.9, 0.98))
+        beta1, beta2 = self.optim.adam_betas
         # Explicit betas and eps: Tinker's defaults (0.9, 0.95, eps 1e-12) are not torch's or the paper's.
         params = tinker.AdamParams(learning_rate=lr * self.lr_scale, beta1=beta1, beta2=beta2, eps=1e-8,
-                                   weight_decay=self.optim.get("weight_decay", 0.0),
-                                   grad_clip_norm=self.optim.get("grad_clip", 1.0))
+                                   weight_decay=self.optim.weight_decay, grad_clip_norm=self.optim.grad_clip)
         response = self.client.optim_step(params).result()
         self.steps += 1
         metrics = {re.sub(r"\W", "_", k): float(v) for k, v in (response.metrics or {}).items()}
@@ -415,7 +411,7 @@ class TinkerTrainingSession:
                   "renderer": self.backend.renderer_name, "step": self.steps, "started_from": self.started_from,
                   "saved_at": now.isoformat(timespec="seconds"), "expires_at": expires.isoformat(timespec="seconds")}
         path.mkdir(parents=True, exist_ok=True)
-        (path / "ref.json").write_text(json.dumps(ref.__dict__, indent=2))
+        ref.write(path)
         (path / "tinker.json").write_text(json.dumps(record, indent=2))
         log.warning("%s: Tinker checkpoint %s expires %s; to keep it: character tinker-download %s --out DIR",
                     path, sampler, record["expires_at"], path)

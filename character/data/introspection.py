@@ -15,27 +15,25 @@ from __future__ import annotations
 import random
 
 from character import prompts as P
-from character.backends.base import AdapterRef
-from character.io import run_chunks
+from character.backends.base import AdapterRef, Backend, SamplingParams
+from character.io import Progress
 from character.params import IntrospectionParams
-from character.data.pairs import sampling
 
 
-def reflections(backend, adapter: AdapterRef, system: str, params: IntrospectionParams, progress_dir: str,
-                key: str) -> list[dict]:
+def reflections(backend: Backend, adapter: AdapterRef, system: str, params: IntrospectionParams,
+                progress: Progress) -> list[dict]:
     items = [(i, j) for i, _ in enumerate(P.SELF_REFLECTION) for j in range(params.reflection_samples)]
 
     def produce(chunk, seed):
         convs = [[{"role": "system", "content": system}, {"role": "user", "content": P.SELF_REFLECTION[i]}]
                  for i, _ in chunk]
-        outs = backend.sample(convs, sampling(params.reflection_sampling, seed), adapter=adapter)
+        outs = backend.sample(convs, SamplingParams.of(params.reflection_sampling, seed), adapter=adapter)
         return [{"kind": "reflection", "prompt_index": i, "finish_reason": c.finish_reason,
                  "messages": [{"role": "user", "content": P.SELF_REFLECTION[i]},
                               {"role": "assistant", "content": c.text}]}
                 for (i, _), [c] in zip(chunk, outs)]
 
-    return run_chunks(items, params.reflection_sampling.batch_size, produce, progress_dir, key + "-r",
-                      "self-reflection")
+    return progress.chunks(items, params.reflection_sampling.batch_size, produce, "self-reflection", part="-r")
 
 
 def view(turns: list[str], speaker: int, finish: list[str] = ()) -> list[dict]:
@@ -54,8 +52,8 @@ def view(turns: list[str], speaker: int, finish: list[str] = ()) -> list[dict]:
     return msgs
 
 
-def interactions(backend, adapter: AdapterRef, system: str, params: IntrospectionParams, progress_dir: str,
-                 key: str, seed: int) -> list[dict]:
+def interactions(backend: Backend, adapter: AdapterRef, system: str, params: IntrospectionParams,
+                 progress: Progress) -> list[dict]:
     modes = ["freedom" if m % 2 == 0 else "reflect" for m in range(params.interactions)]
 
     def produce(chunk, chunk_seed):
@@ -68,7 +66,7 @@ def interactions(backend, adapter: AdapterRef, system: str, params: Introspectio
             convs = [[{"role": "system", "content": system + guidance[mode]}] +
                      [{"role": m["role"], "content": m["content"]} for m in view(ts, speaker)]
                      for (_, mode), ts in zip(chunk, turns)]
-            outs = backend.sample(convs, sampling(params.interaction_sampling, chunk_seed + t), adapter=adapter)
+            outs = backend.sample(convs, SamplingParams.of(params.interaction_sampling, chunk_seed + t), adapter=adapter)
             for ts, fs, [c] in zip(turns, finish, outs):
                 ts.append(c.text)
                 fs.append(c.finish_reason)
@@ -79,14 +77,14 @@ def interactions(backend, adapter: AdapterRef, system: str, params: Introspectio
                              "truncated_turns": fs.count("length"), "messages": view(ts, speaker, fs)})
         return rows
 
-    return run_chunks(list(enumerate(modes)), params.interaction_sampling.batch_size, produce, progress_dir,
-                      key + "-i", "self-interaction")
+    return progress.chunks(list(enumerate(modes)), params.interaction_sampling.batch_size, produce,
+                           "self-interaction", part="-i")
 
 
-def run_introspection(backend, adapter: AdapterRef, system: str, params: IntrospectionParams, progress_dir: str,
-                      key: str, seed: int) -> tuple[list[dict], dict]:
-    rows = reflections(backend, adapter, system, params, progress_dir, key)
-    rows += interactions(backend, adapter, system, params, progress_dir, key, seed)
+def run_introspection(backend: Backend, adapter: AdapterRef, system: str, params: IntrospectionParams,
+                      progress: Progress) -> tuple[list[dict], dict]:
+    rows = reflections(backend, adapter, system, params, progress)
+    rows += interactions(backend, adapter, system, params, progress)
     refl = [r for r in rows if r["kind"] == "reflection"]
     inter = [r for r in rows if r["kind"] == "interaction"]
     words = [len(m["content"].split()) for r in rows for m in r["messages"] if m["role"] == "assistant"]

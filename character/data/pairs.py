@@ -14,9 +14,11 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from character.backends.base import Completion, SamplingParams
-from character.io import run_chunks
-from character.params import PairsParams, SamplingSection
+from character.backends.base import Backend, Completion, SamplingParams
+from character.errors import DataError
+from character.io import Progress
+from character.params import PairsParams
+from character.text import trim_to_sentence
 
 THINK = re.compile(r"<think>.*?</think>|<reasoning>.*?</reasoning>", re.DOTALL | re.IGNORECASE)
 ENDS_WELL = re.compile(r"[.!?)\]\"'`*:;…~>]\s*$|[\U0001F300-\U0001FAFF]\s*$")
@@ -37,11 +39,6 @@ class PreferencePair:
                 "rejected": [{"role": "assistant", "content": self.rejected}]}
 
 
-def sampling(section: SamplingSection, seed: int) -> SamplingParams:
-    return SamplingParams(temperature=section.temperature, top_p=section.top_p, max_tokens=section.max_new_tokens,
-                          repetition_penalty=section.repetition_penalty, seed=seed)
-
-
 def clean(text: str, teacher_name: str, student_name: str) -> str:
     text = THINK.sub("", text)
     if "</think>" in text:  # an unclosed-at-start trace: keep what follows it
@@ -49,15 +46,6 @@ def clean(text: str, teacher_name: str, student_name: str) -> str:
     if teacher_name and teacher_name != student_name:
         text = re.sub(rf"\b{re.escape(teacher_name)}\b", student_name, text)
     return text.strip()
-
-
-SENTENCE_END = re.compile(r"[.!?…](?:[\"')\]*_`]*)(?=\s|$)")
-
-
-def trim_to_sentence(text: str) -> str:
-    """The text up to its last complete sentence ("" when it has none)."""
-    ends = [m.end() for m in SENTENCE_END.finditer(text)]
-    return text[: ends[-1]].strip() if ends else ""
 
 
 def settle(c: Completion, text: str, policy: str) -> tuple[str, str | None]:
@@ -72,16 +60,20 @@ def settle(c: Completion, text: str, policy: str) -> tuple[str, str | None]:
     return text, None
 
 
-def build_pairs(prompts: list[dict], teacher, student, system: str, teacher_name: str, student_name: str,
-                params: PairsParams, seed: int, progress_dir: str, key: str, desc: str) -> tuple[list[dict], dict]:
-    """Sample K chosen/rejected answers per training prompt and keep the pairs that pass the filters."""
+def build_pairs(prompts: list[dict], teacher: Backend, student: Backend, system: str, names: tuple[str, str],
+                params: PairsParams, progress: Progress) -> tuple[list[dict], dict]:
+    """Sample K chosen/rejected answers per training prompt and keep the pairs that pass the filters.
+
+    names: (teacher's, student's) assistant names; the teacher's is replaced by the student's in chosen answers.
+    """
+    teacher_name, student_name = names
     k = params.samples_per_prompt
 
     def produce(chunk: list[dict], chunk_seed: int) -> list[dict]:
         chosen = teacher.sample([[{"role": "system", "content": system}, {"role": "user", "content": p["prompt"]}]
-                                 for p in chunk], sampling(params.sampling, chunk_seed), n=k)
+                                 for p in chunk], SamplingParams.of(params.sampling, chunk_seed), n=k)
         rejected = student.sample([[{"role": "user", "content": p["prompt"]}] for p in chunk],
-                                  sampling(params.sampling, chunk_seed + 1), n=k)
+                                  SamplingParams.of(params.sampling, chunk_seed + 1), n=k)
         rows = []
         for p, cs, rs in zip(chunk, chosen, rejected):
             for j, (c, r) in enumerate(zip(cs, rs)):
@@ -89,7 +81,7 @@ def build_pairs(prompts: list[dict], teacher, student, system: str, teacher_name
                              "chosen": c.__dict__, "rejected": r.__dict__})
         return rows
 
-    raw = run_chunks(prompts, params.sampling.batch_size // k or 1, produce, progress_dir, key, desc)
+    raw = progress.chunks(prompts, params.sampling.batch_size // k or 1, produce, "pairs")
     kept, stats = [], Counter()
     for row in raw:
         c, r = Completion(**row["chosen"]), Completion(**row["rejected"])
@@ -108,7 +100,7 @@ def build_pairs(prompts: list[dict], teacher, student, system: str, teacher_name
         stats["trimmed_answers"] += (chosen != raw_c) + (rejected != raw_r)
         kept.append(PreferencePair(row["id"], row["prompt"], chosen, rejected, row["source"]).to_row())
     if not kept:
-        raise ValueError(f"pairs: all {len(raw)} sampled pairs were dropped ({dict(stats)}); raise "
+        raise DataError(f"pairs: all {len(raw)} sampled pairs were dropped ({dict(stats)}); raise "
                          "pairs.sampling.max_new_tokens or set pairs.truncated: trim")
     n = len(kept)
     metrics = {

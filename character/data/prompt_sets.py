@@ -18,14 +18,14 @@ from collections import Counter
 from pathlib import Path
 
 from character import prompts as P
-from character.backends.base import SamplingParams
+from character.backends.base import Backend, SamplingParams
 from character.constitution import Constitution
-from character.io import SHIPPED as SHIPPED_DIR, read_jsonl, run_chunks
+from character.io import SHIPPED as SHIPPED_DIR, Progress, read_jsonl
+from character.text import numbered, overlap, words
 from character.params import PromptsParams
 
 log = logging.getLogger(__name__)
 SHIPPED = SHIPPED_DIR / "general_prompts.jsonl"
-WORD = re.compile(r"[a-z0-9']+")
 
 
 def load_general(params: PromptsParams, seed: int) -> list[dict]:
@@ -51,15 +51,6 @@ def synthesize(count: int, seed: int) -> list[dict]:
     return [{"id": f"s{i:05d}", "category": "synthesized",
              "prompt": P.SYNTH_TEMPLATE.format(objective=o, audience=a, scenario=s, constraint=c).strip()}
             for i, (o, a, s, c) in enumerate(combos[:count])]
-
-
-def words(text: str) -> set[str]:
-    return set(WORD.findall(text.lower()))
-
-
-def overlap(a: set[str], b: set[str]) -> float:
-    """Share of the smaller word set found in the other (the paper rejects > 0.5)."""
-    return len(a & b) / min(len(a), len(b)) if a and b else 0.0
 
 
 def parse_numbered(text: str) -> list[str]:
@@ -105,11 +96,9 @@ def extend_traits(backend, traits: list, n: int, params: PromptsParams, seed: in
             clar = f"\n({traits[i].clarification})" if traits[i].clarification else ""
             requests.append([{"role": "user", "content": P.QUESTION_GENERATION.format(
                 trait=traits[i].assertion, clarification=clar,
-                examples="\n".join(f"{k}. {q}" for k, q in enumerate(shown, 1)),
+                examples=numbered(shown),
                 n=min(10, n - len(accepted[i]) + 2))}])
-        completions = backend.sample(requests, SamplingParams(
-            temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
-            repetition_penalty=s.repetition_penalty, seed=seed + round_))
+        completions = backend.sample(requests, SamplingParams.of(s, seed + round_))
         for i, [completion] in zip(todo, completions):
             for q in parse_numbered(completion.text):
                 stats["generated"] += 1
@@ -128,16 +117,15 @@ def split_of(text: str, fraction: float, seed: int) -> str:
     return "heldout" if h < fraction else "train"
 
 
-def build_prompts(constitution: Constitution, teacher, params: PromptsParams, seed: int,
-                  progress_dir: str, key: str) -> tuple[list[dict], dict]:
+def build_prompts(constitution: Constitution, teacher: Backend, params: PromptsParams, seed: int,
+                  progress: Progress) -> tuple[list[dict], dict]:
     def produce(chunk: list[int], chunk_seed: int) -> list[dict]:
         questions, stats = extend_traits(teacher, [constitution.traits[i] for i in chunk],
                                          params.questions_per_trait, params, chunk_seed)
         rows = [{"prompt": q, "source": "constitution", "trait": i} for i, qs in zip(chunk, questions) for q in qs]
         return rows + [{"stats": dict(stats)}]  # kept with the chunk, so a resumed run counts it too
 
-    out = run_chunks(list(range(len(constitution.traits))), 8, produce, progress_dir, key,
-                     f"{constitution.name}: trait questions")
+    out = progress.chunks(list(range(len(constitution.traits))), 8, produce, f"{constitution.name}: trait questions")
     stats = sum((Counter(r["stats"]) for r in out if "stats" in r), Counter())
     trait_rows = [r for r in out if "stats" not in r]
     general = [{"prompt": g["prompt"], "source": "general", "category": g["category"], "id": g["id"]}

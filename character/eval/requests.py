@@ -22,14 +22,12 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from character import prompts as P
-from character.backends.base import AdapterRef, Conversation
-from character.io import SHIPPED, read_jsonl, run_chunks
-from character.params import EvalParams, Params
-from character.data.pairs import sampling
+from character.backends.base import AdapterRef, Backend, Conversation, SamplingParams, weighted_mean
 from character.data.prompt_sets import load_general, split_of
+from character.errors import DataError
+from character.io import SHIPPED, Progress, read_jsonl
+from character.params import EvalParams, Params
 from character.eval.steering import SteeringVector, persona_vector, steered
 
 PERSONA_METHODS = ("system_prompt", "steering", "dpo", "final", "rlaif_model", "rlaif_judge")  # rlaif_*: if run
@@ -63,7 +61,7 @@ def build_requests(params: Params, base_answers: dict[str, str] | None = None) -
     ev, rng = params.evaluation, random.Random(params.seed)
     train, heldout = prompt_pools(params)
     if len(heldout) < 2 or len(train) < 2:
-        raise ValueError(f"evaluation: only {len(train)} training and {len(heldout)} held-out general prompts; "
+        raise DataError(f"evaluation: only {len(train)} training and {len(heldout)} held-out general prompts; "
                          "raise prompts.general_count or prompts.heldout_fraction")
     traits = load_traits()
     requests = [{"id": f"clf-{p['id']}", "task": "classifier", "condition": "none", "prompt": p["prompt"],
@@ -117,25 +115,21 @@ def sample_method(backend, method: Method, conversations: list[Conversation], pa
         return backend.sample([with_method(method, c) for c in conversations], params, n=n, adapter=method.adapter)
 
 
-def answer_requests(backend, method: Method, requests: list[dict], ev: EvalParams, progress_dir: str, key: str,
-                    desc: str) -> list[dict]:
+def answer_requests(backend: Backend, method: Method, requests: list[dict], ev: EvalParams, progress: Progress,
+                    desc: str, part: str = "") -> list[dict]:
     """Every request answered once by the method; resumable (fixed chunks, per-chunk seeds)."""
     def produce(chunk, seed):
-        outs = sample_method(backend, method, [r["messages"] for r in chunk], sampling(ev.sampling, seed))
+        outs = sample_method(backend, method, [r["messages"] for r in chunk], SamplingParams.of(ev.sampling, seed))
         return [{**{k: v for k, v in r.items() if k != "messages"}, "method": method.name, "answer": c.text,
                  "finish_reason": c.finish_reason, "tokens": c.completion_tokens} for r, [c] in zip(chunk, outs)]
 
-    return run_chunks(requests, ev.sampling.batch_size, produce, progress_dir, key, desc)
+    return progress.chunks(requests, ev.sampling.batch_size, produce, desc, part)
 
 
 # ---- judge-free scores ------------------------------------------------------------------------------------
 def _mean_logprob(backend, conversations: list[Conversation]) -> list[float]:
     seqs = [backend.render(c) for c in conversations]
-    out = []
-    for s, lp in zip(seqs, backend.logprobs(seqs)):
-        w = torch.tensor(s.weights)
-        out.append(float((lp * w).sum() / w.sum().clamp(min=1)))
-    return out
+    return [weighted_mean(s, lp) for s, lp in zip(seqs, backend.logprobs(seqs))]
 
 
 def answer_scores(backend, system: str | None, prompts: list[str], answers: list[str]) -> dict[str, list[float]]:
@@ -170,7 +164,7 @@ def calibrate_steering(backend, system: str, params: Params) -> tuple[SteeringVe
     for coefficient in sorted(set([0.0, *ev.steering_coefficients])):
         vector.coefficient = coefficient
         outs = sample_method(backend, Method("steering", steering=vector), [user(p) for p in probe],
-                             sampling(ev.sampling, params.seed))
+                             SamplingParams.of(ev.sampling, params.seed))
         answers = [c.text for [c] in outs]
         scores = answer_scores(backend, system, probe, answers)
         sweep.append({"coefficient": coefficient, "nll": _mean(scores["nll"]),
@@ -197,10 +191,9 @@ def final_adapter(final_dir: str | Path, sft_dir: str | Path) -> AdapterRef:
     adapter's ref (whose base_adapters is the DPO adapter) folds exactly the same way, so it stands in for
     the merged folder without loading a second model. concat and linear write a PEFT adapter, used as is.
     """
-    from character.backends.local import load_adapter_ref
     final_dir = Path(final_dir)
     if (final_dir / "config.json").exists():
-        return load_adapter_ref(sft_dir)
+        return AdapterRef.read(sft_dir)
     return AdapterRef(path=str(final_dir), base_model="", backend="local")
 
 

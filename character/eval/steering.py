@@ -58,7 +58,7 @@ def last_token_activations(backend, conversations: list[Conversation], layers: l
         hooks = [blocks[l].register_forward_hook(lambda m, i, o, l=l: captured.__setitem__(l, _hidden(o)[0, -1]))
                  for l in layers]
         try:
-            ids = backend._template(conversation, add_generation_prompt=True)
+            ids = backend.chat_tokens(conversation, add_generation_prompt=True)
             model(input_ids=torch.tensor([ids], device=backend.device))
         finally:
             for h in hooks:

@@ -11,15 +11,16 @@ from functools import partial
 
 import torch
 
-from character.backends.base import LoraConfig, Sequence
-from character.train.losses import character_dpo_loss
+from character.backends.base import Backend, CustomLoss, Sequence
+from character.errors import DataError
 from character.params import DpoParams
 from character.train.loop import split_heldout, train
+from character.train.losses import character_dpo_loss
 
 log = logging.getLogger(__name__)
 
 
-def tokenize_pairs(backend, rows: list[dict], max_length: int) -> tuple[list[tuple[Sequence, Sequence]], int]:
+def tokenize_pairs(backend: Backend, rows: list[dict], max_length: int) -> tuple[list[tuple[Sequence, Sequence]], int]:
     """(chosen, rejected) Sequences for each pair; pairs longer than max_length are dropped and counted."""
     pairs, dropped = [], 0
     for row in rows:
@@ -48,11 +49,11 @@ def flat(pairs) -> list[Sequence]:
     return [s for pair in pairs for s in pair]
 
 
-def run_dpo(backend, rows: list[dict], params: DpoParams, seed: int, out_dir: str, on_step=lambda s, m: None):
+def run_dpo(backend: Backend, rows: list[dict], params: DpoParams, seed: int, out_dir: str, on_step=lambda s, m: None):
     """Train a DPO adapter; returns (AdapterRef, metrics)."""
     pairs, too_long = tokenize_pairs(backend, rows, params.max_length)
     if len(pairs) < 2:
-        raise ValueError(f"dpo: only {len(pairs)} usable pairs (of {len(rows)}); the pairs stage kept too few")
+        raise DataError(f"dpo: only {len(pairs)} usable pairs (of {len(rows)}); the pairs stage kept too few")
     train_pairs, heldout = split_heldout(pairs, params.heldout_fraction, seed)
     # Reference log-probs once, for every sequence, before any update (the base model, no adapter).
     index = {id(s): i for i, s in enumerate(flat(pairs))}
@@ -60,14 +61,13 @@ def run_dpo(backend, rows: list[dict], params: DpoParams, seed: int, out_dir: st
     log.info("dpo: %d train pairs, %d held out, %d dropped as longer than %d tokens",
              len(train_pairs), len(heldout), too_long, params.max_length)
 
-    session = backend.train(LoraConfig(params.lora.rank, params.lora.alpha, params.lora.dropout),
-                            params.optim.model_dump(), seed=seed)
+    session = backend.train(params.lora, params.optim, seed=seed)
 
     def build(micro, share):
         seqs = flat(micro)
         loss = partial(character_dpo_loss, ref_logprobs=[ref[index[id(s)]] for s in seqs], beta=params.beta,
                        nll_coef=params.nll_coef, kl_coef=params.kl_coef, scale=share)
-        return seqs, loss
+        return seqs, CustomLoss(loss)
 
     heldout_ref = [ref[index[id(s)]] for s in flat(heldout)]
 

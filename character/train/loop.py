@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Sequence as Seq, TypeVar
 
 from tqdm import tqdm
 
-from character.backends.base import LossFn, Sequence, TrainingSession
+from character.backends.base import Loss, Sequence, TrainingSession
 from character.params import OptimParams
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def mean_metrics(rows: Iterable[tuple[float, dict[str, float]]]) -> dict[str, fl
 
 # A batch builder turns a list of examples into the sequences of one forward_backward call and the loss
 # to apply to them, given the share of the optimizer step this micro-batch represents.
-BatchBuilder = Callable[[list, float], tuple[list[Sequence], LossFn]]
+BatchBuilder = Callable[[list, float], tuple[list[Sequence], Loss]]
 
 
 def train(session: TrainingSession, examples: list, build: BatchBuilder, optim: OptimParams, seed: int,
@@ -86,8 +86,8 @@ def train(session: TrainingSession, examples: list, build: BatchBuilder, optim: 
         rows = []
         for i in range(0, len(batch), optim.micro_batch_size):
             micro = batch[i:i + optim.micro_batch_size]
-            sequences, loss_fn = build(micro, len(micro) / len(batch))
-            rows.append((len(micro), session.forward_backward(sequences, loss_fn)))
+            sequences, loss = build(micro, len(micro) / len(batch))
+            rows.append((len(micro), session.forward_backward(sequences, loss)))
         lr = lr_at(step, total, optim.lr, optim.warmup_ratio, optim.min_lr_ratio)
         last = {**mean_metrics(rows), **session.optim_step(lr), "lr": lr}
         if evaluate and eval_every and ((step + 1) % eval_every == 0 or step + 1 == total):

@@ -9,18 +9,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from character.backends.base import Sequence
-
-
-def weighted(seq: Sequence, lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of log-probs over weighted tokens, number of weighted tokens)."""
-    w = torch.tensor(seq.weights, dtype=lp.dtype, device=lp.device)
-    return (lp * w).sum(), w.sum()
+from character.backends.base import Sequence, weighted_sum
 
 
 def sft_loss(sequences: list[Sequence], logprobs: list[torch.Tensor], scale: float = 1.0):
     """Mean NLL per weighted token over the batch (assistant tokens only)."""
-    total = sum(weighted(s, lp)[0] for s, lp in zip(sequences, logprobs))
+    total = sum(weighted_sum(s, lp) for s, lp in zip(sequences, logprobs))
     count = sum(sum(s.weights) for s in sequences)
     nll = -total / max(count, 1.0)
     return nll * scale, {"nll": float(nll.detach()), "tokens": float(count)}

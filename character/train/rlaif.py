@@ -36,10 +36,12 @@ from typing import Callable
 
 import torch
 
-from character import prompts as P
-from character.backends.base import AdapterRef, Completion, Conversation, LoraConfig, SamplingParams, Sequence
+from character.backends.base import (AdapterRef, Backend, Completion, Conversation, CustomLoss, SamplingParams, Sequence,
+                                     end_of_turn_tokens)
+from character.errors import DataError
+from character.eval.judge import PairJudge
 from character.io import write_jsonl
-from character.params import EvalParams, RlaifParams
+from character.params import OptimParams, RlaifParams
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +52,6 @@ Verdict = str | None  # "A", "B", or None (unparsed)
 def matchups(group_size: int) -> list[tuple[int, int]]:
     """Every pair (i, j), i < j, of a group: a round robin."""
     return [(i, j) for i in range(group_size) for j in range(i + 1, group_size)]
-
-
-def verdict_share(forward: Verdict, backward: Verdict) -> float:
-    """Reply i's share of a game from two written verdicts: forward judged with i as reply A, backward with
-    j as reply A. Each order is worth half to the reply it names; an unparsed order splits its half. A
-    judge that always says "A" thus scores every game a tie."""
-    share = 0.0
-    for verdict, i_letter in ((forward, "A"), (backward, "B")):
-        share += 0.5 if verdict == i_letter else 0.25 if verdict is None else 0.0
-    return share
-
-
-def margin_share(forward: float, backward: float) -> float:
-    """Reply i's share of a game from the judge's log-odds of "A" over "B" in each order (logprob mode):
-    sigmoid of half their difference. A constant preference for position A adds the same to both orders
-    and cancels, so a position-biased judge still ranks replies by whatever preference it has left."""
-    return 1.0 / (1.0 + math.exp(-(forward - backward) / 2))
 
 
 def win_rates(group_size: int, games: list[tuple[int, int, float]]) -> list[float]:
@@ -137,46 +122,16 @@ class LengthWatch:
 
 
 # ---- rewards ------------------------------------------------------------------------------------------
-def trait_list(assertions: list[str]) -> str:
-    return "\n".join(f"{i}. {a}" for i, a in enumerate(assertions, 1))
-
-
-def judge_games(judge, traits: str, games: list[tuple[str, str, str]], params: RlaifParams,
-                seed: int) -> tuple[list[float], dict[str, float]]:
-    """Reply i's share of each game (message, reply i, reply j), judged in both orders, and the judge's
-    consistency: the share of games whose two orders name the same reply (~0 for a judge that only sees
-    position). generate mode reads written verdicts; logprob mode compares log-odds (margin_share)."""
-    from character.eval.judge import decide, option_scores
-    if not games:
-        return [], {}
-    questions = [P.RLAIF_JUDGE.format(traits=traits, message=m, first=a, second=b)
-                 for m, i, j in games for a, b in ((i, j), (j, i))]
-    if params.judge_mode == "logprob":
-        odds = [a - b for a, b in option_scores(judge, questions, [["A", "B"]] * len(questions))]
-        pairs = list(zip(odds[0::2], odds[1::2]))
-        shares = [margin_share(f, b) for f, b in pairs]
-        agree = [(f > 0) != (b > 0) for f, b in pairs]  # "A" then "B": the same reply both times
-        parse_rate = 1.0
-    else:
-        ev = EvalParams(judge_mode="generate", judge_sampling=params.judge_sampling)
-        verdicts = [choice for _, choice in decide(judge, questions, [["A", "B"]] * len(questions), ev, seed)]
-        pairs = list(zip(verdicts[0::2], verdicts[1::2]))
-        shares = [verdict_share(f, b) for f, b in pairs]
-        agree = [f is not None and b is not None and f != b for f, b in pairs]
-        parse_rate = sum(v is not None for v in verdicts) / len(verdicts)
-    return shares, {"judge_consistency": sum(agree) / len(agree), "judge_parse_rate": parse_rate}
-
-
 class JudgeReward:
     """Win rate within the group: every pair judged in both orders by a judge with the constitution."""
 
-    def __init__(self, judge, traits: str, params: RlaifParams):
-        self.judge, self.traits, self.params = judge, traits, params
+    def __init__(self, judge: PairJudge):
+        self.judge = judge
 
     def __call__(self, messages: list[str], answers_P_G: list[list[str]], seed: int):
         games = [(p, i, j) for p, group in enumerate(answers_P_G) for i, j in matchups(len(group))]
-        shares, metrics = judge_games(self.judge, self.traits, [(messages[p], answers_P_G[p][i], answers_P_G[p][j])
-                                                                 for p, i, j in games], self.params, seed)
+        shares, metrics = self.judge.games([(messages[p], answers_P_G[p][i], answers_P_G[p][j])
+                                            for p, i, j in games], seed)
         by_group: list[list[tuple[int, int, float]]] = [[] for _ in answers_P_G]
         for (p, i, j), share in zip(games, shares):
             by_group[p].append((i, j, share))
@@ -228,29 +183,23 @@ def policy_sampling(params: RlaifParams, seed: int) -> SamplingParams:
                           seed=seed)
 
 
-def win_rate_vs_start(judge, traits: str, messages: list[str], current: list[str], start: list[str],
-                      params: RlaifParams, seed: int) -> dict[str, float]:
+def win_rate_vs_start(judge: PairJudge, messages: list[str], current: list[str], start: list[str],
+                      seed: int) -> dict[str, float]:
     """The judge's win rate of the current policy's answers against the starting policy's, both orders."""
-    shares, metrics = judge_games(judge, traits, list(zip(messages, current, start)), params, seed)
+    shares, metrics = judge.games(list(zip(messages, current, start)), seed)
     return {"win_rate_vs_start": sum(shares) / len(shares), "eval_judge_consistency": metrics["judge_consistency"]}
 
 
-def run_rlaif(backend, judge, reward: RewardFn, traits: str, prompts: list[str], eval_prompts: list[str],
+def run_rlaif(backend: Backend, reward: RewardFn, judge: PairJudge, prompts: list[str], eval_prompts: list[str],
               dpo: AdapterRef, params: RlaifParams, seed: int, out_dir: str,
               on_step=lambda step, m: None) -> tuple[AdapterRef, dict]:
-    """Train a LoRA on top of the DPO policy by RL; returns (AdapterRef, metrics). Writes samples.jsonl
-    (first and last step's answers with their rewards) beside the adapter."""
-    from character.backends import BackendUnavailable
-    from character.eval.benchmarks import end_of_turn_tokens
-
+    """Train a LoRA on top of the DPO policy by RL against `reward`; `judge` gives the win rate of the
+    policy against its start on eval_prompts. Returns (AdapterRef, metrics). Writes samples.jsonl (first
+    and last step's answers with their rewards) beside the adapter."""
     if not prompts:
-        raise ValueError("rlaif: no training-split prompts; the prompts stage kept none")
-    session = backend.train(LoraConfig(params.lora.rank, params.lora.alpha, params.lora.dropout),
-                            {"lr": params.lr, "adam_betas": params.adam_betas, "grad_clip": params.grad_clip},
-                            base_adapters=[dpo], seed=seed)
-    if not hasattr(session, "sample"):
-        raise BackendUnavailable(f"rlaif: the {backend.name} backend's training session cannot sample the policy "
-                                 "being trained (on-policy RL needs TrainingSession.sample); use a local model")
+        raise DataError("rlaif: no training-split prompts; the prompts stage kept none")
+    optim = OptimParams(lr=params.lr, adam_betas=params.adam_betas, grad_clip=params.grad_clip, weight_decay=0.0)
+    session = backend.train(params.lora, optim, base_adapters=[dpo], seed=seed)
     tail = end_of_turn_tokens(backend)
     order = list(prompts)
     random.Random(seed).shuffle(order)
@@ -272,7 +221,7 @@ def run_rlaif(backend, judge, reward: RewardFn, traits: str, prompts: list[str],
         for i in range(0, len(seqs), params.micro_batch_size):
             loss_fn = partial(policy_gradient_loss, advantages=advantages[i:i + params.micro_batch_size],
                               ref_logprobs=ref[i:i + params.micro_batch_size], kl_coef=params.kl_coef, norm=norm)
-            parts.append(session.forward_backward(seqs[i:i + params.micro_batch_size], loss_fn))
+            parts.append(session.forward_backward(seqs[i:i + params.micro_batch_size], CustomLoss(loss_fn)))
         summed = {k: sum(p[k] for p in parts) for k in parts[0]}
         lengths = [c.completion_tokens for g in groups for c in g]
         flat_rewards = [r for g in rewards for r in g]
@@ -286,7 +235,7 @@ def run_rlaif(backend, judge, reward: RewardFn, traits: str, prompts: list[str],
         metrics["length_ratio"] = watch.update(metrics["length"])
         if evaluate and ((step + 1) % params.eval_every == 0 or step + 1 == params.steps):
             current = [c.text for [c] in session.sample([user(m) for m in eval_prompts], policy_sampling(params, seed))]
-            metrics.update(win_rate_vs_start(judge, traits, eval_prompts, current, start, params, seed))
+            metrics.update(win_rate_vs_start(judge, eval_prompts, current, start, seed))
         if step in (0, params.steps - 1):
             samples += [{"step": step, "prompt": m, "answer": c.text, "reward": r, "tokens": c.completion_tokens}
                         for m, g, rs in zip(messages, groups, rewards) for c, r in zip(g, rs)]

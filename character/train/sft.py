@@ -10,15 +10,10 @@ Held-out NLL per assistant token is reported for the DPO model before SFT and fo
 from __future__ import annotations
 
 import logging
-import math
-from functools import partial
-
-import torch
-
-from character.backends.base import AdapterRef, LoraConfig, Sequence
-from character.train.losses import sft_loss
+from character.backends.base import AdapterRef, Backend, CrossEntropyLoss, Sequence, weighted_sum
+from character.errors import DataError
 from character.params import SftParams
-from character.data.pairs import trim_to_sentence
+from character.text import trim_to_sentence
 from character.train.loop import split_heldout, train
 
 log = logging.getLogger(__name__)
@@ -42,7 +37,7 @@ def settle_truncated(row: dict, policy: str) -> list[dict] | None:
     return messages
 
 
-def tokenize_transcripts(backend, rows: list[dict], max_length: int, truncated: str = "drop"):
+def tokenize_transcripts(backend: Backend, rows: list[dict], max_length: int, truncated: str = "drop"):
     seqs, dropped = [], {"dropped_truncated_reflection": 0, "dropped_too_long": 0, "dropped_no_target": 0}
     for row in rows:
         messages = settle_truncated(row, truncated)
@@ -60,22 +55,21 @@ def tokenize_transcripts(backend, rows: list[dict], max_length: int, truncated: 
 
 
 def mean_nll(logprobs, seqs: list[Sequence]) -> float:
-    total = sum(float((lp * torch.tensor(s.weights)).sum()) for lp, s in zip(logprobs, seqs))
+    total = sum(float(weighted_sum(s, lp)) for lp, s in zip(logprobs, seqs))
     return -total / max(sum(sum(s.weights) for s in seqs), 1.0)
 
 
-def run_sft(backend, rows: list[dict], dpo: AdapterRef, params: SftParams, seed: int, out_dir: str,
+def run_sft(backend: Backend, rows: list[dict], dpo: AdapterRef, params: SftParams, seed: int, out_dir: str,
             on_step=lambda s, m: None):
     seqs, dropped = tokenize_transcripts(backend, rows, params.max_length, params.truncated)
     if len(seqs) < 2:
-        raise ValueError(f"sft: only {len(seqs)} usable transcripts (of {len(rows)}): {dropped}")
+        raise DataError(f"sft: only {len(seqs)} usable transcripts (of {len(rows)}): {dropped}")
     train_seqs, heldout = split_heldout(seqs, params.heldout_fraction, seed)
-    nll_before = mean_nll(backend.logprobs(heldout, adapter=dpo), heldout) if heldout else math.nan
-    session = backend.train(LoraConfig(params.lora.rank, params.lora.alpha, params.lora.dropout),
-                            params.optim.model_dump(), base_adapters=[dpo], seed=seed)
+    nll_before = mean_nll(backend.logprobs(heldout, adapter=dpo), heldout) if heldout else None
+    session = backend.train(params.lora, params.optim, base_adapters=[dpo], seed=seed)
 
     def build(micro, share):
-        return micro, partial(sft_loss, scale=share)
+        return micro, CrossEntropyLoss(scale=share)
 
     def evaluate():
         return {"heldout_nll": mean_nll(session.logprobs(heldout), heldout)} if heldout else {}
@@ -86,4 +80,6 @@ def run_sft(backend, rows: list[dict], dpo: AdapterRef, params: SftParams, seed:
     metrics = {"transcripts_train": len(train_seqs), "transcripts_heldout": len(heldout), **dropped,
                "train_tokens": int(sum(sum(s.weights) for s in train_seqs)), "steps": ref.step,
                "final_nll": last.get("nll"), "heldout_nll_before": nll_before, "heldout_nll_after": last.get("heldout_nll")}
+    if not heldout:
+        metrics["heldout_nll_null_reason"] = "no held-out transcripts (sft.heldout_fraction is 0, or too few rows)"
     return ref, metrics

@@ -14,7 +14,8 @@ MODEL = os.environ.get("TINKER_SMOKE_MODEL", "Qwen/Qwen3-8B")
 
 
 def test_tinker_smoke(tmp_path):
-    from character.backends.base import LoraConfig, SamplingParams
+    from character.backends.base import AdapterRef, CrossEntropyLoss, CustomLoss, SamplingParams
+from character.params import ComposeParams, LoraParams, OptimParams
     from character.backends.tinker import TinkerBackend, preflight, read_checkpoint
     from character.train.losses import character_dpo_loss
 
@@ -33,9 +34,9 @@ def test_tinker_smoke(tmp_path):
     ref = backend.logprobs(seqs)
     assert [len(r) for r in ref] == [len(s.tokens) - 1 for s in seqs]
 
-    session = backend.train(LoraConfig(rank=16, alpha=32), {"adam_betas": (0.9, 0.98)}, seed=0)
-    metrics = session.forward_backward(seqs, partial(character_dpo_loss, ref_logprobs=ref, beta=0.1,
-                                                     nll_coef=0.1, kl_coef=0.001))
+    session = backend.train(LoraParams(rank=16, alpha=32), OptimParams(adam_betas=(0.9, 0.98)), seed=0)
+    metrics = session.forward_backward(seqs, CustomLoss(partial(character_dpo_loss, ref_logprobs=ref, beta=0.1,
+                                                                nll_coef=0.1, kl_coef=0.001)))
     assert abs(metrics["dpo_loss"] - 0.6931) < 0.05  # the initial weights are the reference
     session.optim_step(1e-4)
     ref_out = session.save(tmp_path / "smoke" / "dpo")

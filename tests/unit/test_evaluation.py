@@ -115,7 +115,7 @@ def test_steering_changes_outputs_and_cleans_up(tiny_backend):
     assert middle_layers(30) == list(range(3, 26)) and middle_layers(2) == [0]
     vector = persona_vector(tiny_backend, ["hello there", "what is rain?", "tell me a joke"], "You are a pirate.")
     assert vector.vectors.shape == (1, 64) and vector.layers == [0]
-    ids = torch.tensor([tiny_backend._template([{"role": "user", "content": "hi"}], True)])
+    ids = torch.tensor([tiny_backend.chat_tokens([{"role": "user", "content": "hi"}], True)])
     model = tiny_backend.model_for(None)
     with torch.inference_mode():
         plain = model(input_ids=ids).logits

@@ -4,8 +4,8 @@ from functools import partial
 
 import torch
 
-from character.backends.base import LoraConfig, SamplingParams
-from character.backends.local import load_adapter_ref
+from character.backends.base import AdapterRef, CrossEntropyLoss, CustomLoss, SamplingParams
+from character.params import ComposeParams, LoraParams, OptimParams
 from character.train.compose import compose
 from character.train.losses import character_dpo_loss, sft_loss
 
@@ -58,15 +58,15 @@ def test_logprobs_match_a_manual_forward(tiny_backend):
 
 def test_sft_training_lowers_loss_and_saves_adapter(tiny_backend, tmp_path):
     seqs = [tiny_backend.render(CONV)] * 2
-    session = tiny_backend.train(LoraConfig(rank=4, alpha=8), {"lr": 1e-2}, seed=0)
+    session = tiny_backend.train(LoraParams(rank=4, alpha=8), OptimParams(lr=1e-2), seed=0)
     losses = []
     for _ in range(5):
-        m = session.forward_backward(seqs, sft_loss)
+        m = session.forward_backward(seqs, CrossEntropyLoss())
         session.optim_step(1e-2)
         losses.append(m["nll"])
     assert losses[-1] < losses[0] - 0.1
     ref = session.save(tmp_path / "a")
-    assert load_adapter_ref(tmp_path / "a").path == ref.path
+    assert AdapterRef.read(tmp_path / "a").path == ref.path
     [after] = tiny_backend.logprobs(seqs[:1], adapter=ref)
     assert -float((after * torch.tensor(seqs[0].weights)).sum()) / sum(seqs[0].weights) < losses[0]
 
@@ -76,30 +76,30 @@ def test_dpo_training_prefers_chosen(tiny_backend):
     chosen = tiny_backend.render(prompt + [{"role": "assistant", "content": "Oh, wonderful, another question."}])
     rejected = tiny_backend.render(prompt + [{"role": "assistant", "content": "Sure, here is an answer."}])
     ref = tiny_backend.logprobs([chosen, rejected])
-    session = tiny_backend.train(LoraConfig(rank=4, alpha=8), {"lr": 5e-3}, seed=0)
+    session = tiny_backend.train(LoraParams(rank=4, alpha=8), OptimParams(lr=5e-3), seed=0)
     loss_fn = partial(character_dpo_loss, ref_logprobs=ref, beta=0.1, nll_coef=0.1, kl_coef=0.001)
-    first = session.forward_backward([chosen, rejected], loss_fn)
+    first = session.forward_backward([chosen, rejected], CustomLoss(loss_fn))
     session.optim_step(5e-3)
     for _ in range(4):
-        last = session.forward_backward([chosen, rejected], loss_fn)
+        last = session.forward_backward([chosen, rejected], CustomLoss(loss_fn))
         session.optim_step(5e-3)
     assert first["reward_margin"] == 0.0 and last["reward_margin"] > 0 and last["dpo_loss"] < first["dpo_loss"]
 
 
 def test_concat_composition_equals_sequential_fold(tiny_backend, tmp_path):
     seqs = [tiny_backend.render(CONV)]
-    s1 = tiny_backend.train(LoraConfig(rank=4, alpha=8), {"lr": 1e-2}, seed=0)
+    s1 = tiny_backend.train(LoraParams(rank=4, alpha=8), OptimParams(lr=1e-2), seed=0)
     for _ in range(2):
-        s1.forward_backward(seqs, sft_loss)
+        s1.forward_backward(seqs, CrossEntropyLoss())
         s1.optim_step(1e-2)
     dpo = s1.save(tmp_path / "dpo")
-    s2 = tiny_backend.train(LoraConfig(rank=2, alpha=8), {"lr": 1e-2}, base_adapters=[dpo], seed=1)
+    s2 = tiny_backend.train(LoraParams(rank=2, alpha=8), OptimParams(lr=1e-2), base_adapters=[dpo], seed=1)
     for _ in range(2):
-        s2.forward_backward(seqs, sft_loss)
+        s2.forward_backward(seqs, CrossEntropyLoss())
         s2.optim_step(1e-2)
     sft = s2.save(tmp_path / "sft")
     folded = tiny_backend.logprobs(seqs, adapter=sft)[0]  # base + dpo + sft, folded
-    compose(tiny_backend, dpo, sft, "concat", (1.0, 0.25), tmp_path / "final")
-    concat = tiny_backend.logprobs(seqs, adapter=load_adapter_ref(tmp_path / "final"))[0]
+    tiny_backend.compose(dpo.path, sft.path, ComposeParams(method="concat"), tmp_path / "final")
+    concat = tiny_backend.logprobs(seqs, adapter=AdapterRef.read(tmp_path / "final"))[0]
     assert torch.allclose(folded, concat, atol=1e-4)
     assert not torch.allclose(folded, tiny_backend.logprobs(seqs)[0], atol=1e-3)  # training changed it

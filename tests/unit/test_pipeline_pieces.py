@@ -4,6 +4,7 @@ from character.backends.base import Completion
 from character.data.introspection import view
 from character.params import PairsParams, PromptsParams
 from character.data.pairs import build_pairs, clean
+from character.io import Progress
 from character.data.prompt_sets import extend_traits, overlap, parse_numbered, split_of, words
 
 
@@ -47,13 +48,13 @@ def test_extend_traits_rejects_near_duplicates_and_malformed():
 def test_build_pairs_filters_and_counts(tmp_path):
     prompts = [{"id": "p1", "prompt": "Tell me a fact.", "source": "general"}]
     good = FakeBackend({"system": "<think>plan</think>Teacher here, a fact.", "plain": "Plain answer."})
-    pairs, m = build_pairs(prompts, good, good, "SYS", "Teacher", "SmolLM", PairsParams(), 0, tmp_path, "k", "t")
+    pairs, m = build_pairs(prompts, good, good, "SYS", ("Teacher", "SmolLM"), PairsParams(), Progress(tmp_path, "k"))
     assert pairs[0]["chosen"][0]["content"] == "SmolLM here, a fact."
     assert pairs[0]["prompt"] == [{"role": "user", "content": "Tell me a fact."}] and m["kept"] == 1
 
     cut = FakeBackend({"system": "An answer cut off mid", "plain": "Plain answer."})
     try:
-        build_pairs(prompts, cut, cut, "SYS", "T", "S", PairsParams(), 0, tmp_path, "k2", "t")
+        build_pairs(prompts, cut, cut, "SYS", ("T", "S"), PairsParams(), Progress(tmp_path, "k2"))
         raise AssertionError("a run that keeps nothing must fail")
     except ValueError as exc:
         assert "dropped_truncated_chosen" in str(exc)
@@ -72,7 +73,8 @@ def test_interaction_views_make_every_turn_a_target_once():
 
 
 def test_trim_policy_keeps_complete_sentences():
-    from character.data.pairs import settle, trim_to_sentence
+    from character.data.pairs import settle
+    from character.text import trim_to_sentence
     assert trim_to_sentence('One. Two "quoted." Three without end') == 'One. Two "quoted."'
     cut = Completion("First part. Second part cut", 5, 9, "length")
     assert settle(cut, cut.text, "trim") == ("First part.", None)

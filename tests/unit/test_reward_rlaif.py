@@ -15,8 +15,9 @@ import torch
 from character.backends.base import Completion, Sequence
 from character.params import LoraParams, OptimParams, RewardModelParams, RlaifParams
 from character.train.reward import RewardScorer, load_base, parse_hh, run_reward_model, to_pair
+from character.eval.judge import PairJudge, margin_share, verdict_share
 from character.train.rlaif import (JudgeReward, LengthWatch, group_advantages, matchups, on_policy_sequence,
-                             policy_gradient_loss, run_rlaif, verdict_share, margin_share, win_rates)
+                                   policy_gradient_loss, run_rlaif, win_rates)
 
 
 # ---- pure maths -----------------------------------------------------------------------------------------
@@ -119,7 +120,8 @@ class FakeLogprobJudge:
 
 @pytest.mark.parametrize("mode,judge", [("generate", FakeGenerateJudge()), ("logprob", FakeLogprobJudge())])
 def test_judge_reward_win_rates_with_both_orders(mode, judge):
-    reward = JudgeReward(judge, "1. I am kind.", RlaifParams(judge_mode=mode))
+    rl = RlaifParams(judge_mode=mode)
+    reward = JudgeReward(PairJudge(judge, "1. I am kind.", rl.judge_mode, rl.judge_sampling))
     groups = [["I am kind", "whatever", "meh"], ["no", "kind words"]]
     rewards, m = reward(["Hi", "Hello"], groups, seed=0)
     if mode == "generate":
@@ -223,13 +225,14 @@ def test_shipped_helpfulness_pairs_are_valid():
 
 # ---- a tiny RL run --------------------------------------------------------------------------------------
 def test_rlaif_runs_on_top_of_dpo_and_writes_everything(tiny_backend, tmp_path):
-    from character.backends.base import LoraConfig
-    dpo = tiny_backend.train(LoraConfig(4, 8), {"lr": 1e-3}).save(tmp_path / "dpo")
+    from character.params import LoraParams, OptimParams
+    dpo = tiny_backend.train(LoraParams(rank=4, alpha=8), OptimParams(lr=1e-3)).save(tmp_path / "dpo")
     params = RlaifParams(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=6, lr=1e-2, eval_prompts=1,
                          eval_every=1, judge_mode="generate", lora=LoraParams(rank=4, alpha=8), micro_batch_size=3)
     reward = lambda messages, groups, seed: ([[float(len(a)) for a in g] for g in groups], {})  # noqa: E731
     steps = []
-    ref, m = run_rlaif(tiny_backend, FakeGenerateJudge(), reward, "1. I am kind.", ["Hi", "Tell me a joke", "Why?"],
+    judge = PairJudge(FakeGenerateJudge(), "1. I am kind.", params.judge_mode, params.judge_sampling)
+    ref, m = run_rlaif(tiny_backend, reward, judge, ["Hi", "Tell me a joke", "Why?"],
                        ["Hello"], dpo, params, 0, str(tmp_path / "rl"), on_step=lambda s, x: steps.append(x))
     saved = json.loads((tmp_path / "rl" / "ref.json").read_text())
     assert saved["base_adapters"] == [dpo.path] and ref.step == 2

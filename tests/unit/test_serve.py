@@ -15,12 +15,14 @@ import pytest
 import yaml
 
 from character.backends import make_backend
-from character.backends.base import LoraConfig, SamplingParams
+from character.backends.base import AdapterRef, CrossEntropyLoss, CustomLoss, SamplingParams
+from character.params import ComposeParams, LoraParams, OptimParams
 from character.backends.local import LocalBackend
 from character.backends.openai_compat import OpenAIBackendError, OpenAICompatBackend
 from character.train.losses import sft_loss
 from character.params import ModelSpec, PairsParams, ParamsError, SamplingSection, validate_params
 from character.data.pairs import build_pairs
+from character.io import Progress
 from character.serve import ServedModel, ServeConfig, Server, ServeSetupError, load_persona, running
 from conftest import ROOT
 
@@ -30,7 +32,7 @@ HELLO = [{"role": "user", "content": "Hello there"}]
 
 def twin(backend: LocalBackend) -> LocalBackend:
     """Another LocalBackend over a copy of the same tiny weights (the server's, apart from the test's)."""
-    return LocalBackend("tiny", threads=1, device="cpu", tokenizer=backend.tokenizer, model=backend.fresh_base())
+    return LocalBackend("tiny", threads=1, device="cpu", tokenizer=backend.tokenizer, model=backend.merged([]))
 
 
 @pytest.fixture()
@@ -114,15 +116,13 @@ def test_busy_server_answers_503(tokenizer):
 
 
 def test_personas_from_adapter_and_merged_folders(tiny_backend, tmp_path):
-    from character.train.compose import compose
-
     seqs = [tiny_backend.render(HELLO + [{"role": "assistant", "content": "Oh, splendid."}])]
-    session = tiny_backend.train(LoraConfig(rank=4, alpha=8), {"lr": 1e-2}, seed=0)
+    session = tiny_backend.train(LoraParams(rank=4, alpha=8), OptimParams(lr=1e-2), seed=0)
     for _ in range(2):
-        session.forward_backward(seqs, sft_loss)
+        session.forward_backward(seqs, CrossEntropyLoss())
         session.optim_step(1e-2)
     ref = session.save(tmp_path / "adapter")
-    compose(tiny_backend, ref, ref, "fold", (1.0, 0.25), tmp_path / "final")
+    tiny_backend.compose(ref.path, ref.path, ComposeParams(method="fold"), tmp_path / "final")
     (tmp_path / "final" / "manifest.json").write_text(json.dumps({"base_model": {"id": "tiny"}}))
     base = twin(tiny_backend)
     models = {"tiny": ServedModel(base), "sarcastic": load_persona(base, "sarcastic", tmp_path / "adapter"),
@@ -188,8 +188,8 @@ def test_pairs_with_a_served_teacher(server, tiny_backend, monkeypatch, tmp_path
                          sampling=SamplingSection(temperature=1.0, max_new_tokens=8, batch_size=4))
 
     def run(tag: str):
-        return build_pairs(prompts, teacher, tiny_backend, "You are sarcastic.", "Assistant", "Assistant", params,
-                           seed=0, progress_dir=str(tmp_path / tag), key="k", desc="pairs")
+        return build_pairs(prompts, teacher, tiny_backend, "You are sarcastic.", ("Assistant", "Assistant"), params,
+                           Progress(tmp_path / tag, "k"))
 
     pairs, metrics = run("a")
     assert metrics["sampled"] == 6 and pairs and {p["prompt"][0]["content"] for p in pairs} <= {

@@ -19,8 +19,8 @@ import tinker
 import torch
 from tinker import types as T
 
-from character.backends.base import LoraConfig, SamplingParams
-from character.backends.local import load_adapter_ref
+from character.backends.base import AdapterRef, CrossEntropyLoss, CustomLoss, SamplingParams
+from character.params import ComposeParams, LoraParams, OptimParams
 from character.backends.tinker import (TinkerBackend, TinkerUnavailable, preflight, read_checkpoint, state_path_of,
                                        within)
 from character.train.losses import character_dpo_loss, sft_loss
@@ -230,8 +230,8 @@ def test_dpo_sends_minus_the_gradient_of_the_papers_loss(backend, service):
     seqs = pair(backend)
     ref = [torch.tensor([fake_logprob(t) - 0.05 for t in s.tokens[1:]]) for s in seqs]
     loss_fn = partial(character_dpo_loss, ref_logprobs=ref, beta=0.1, nll_coef=0.1, kl_coef=0.001, scale=0.5)
-    session = backend.train(LoraConfig(rank=16, alpha=32), {"lr": 1e-4}, seed=0)
-    metrics = session.forward_backward(seqs, loss_fn)
+    session = backend.train(LoraParams(rank=16, alpha=32), OptimParams(lr=1e-4), seed=0)
+    metrics = session.forward_backward(seqs, CustomLoss(loss_fn))
     [(kind, sent, sent_metrics)] = [c for c in service.calls if c[0] == "custom"]
     policy = [torch.tensor([fake_logprob(t) for t in s.tokens[1:]], requires_grad=True) for s in seqs]
     loss, expected = loss_fn(seqs, policy)
@@ -243,8 +243,8 @@ def test_dpo_sends_minus_the_gradient_of_the_papers_loss(backend, service):
 
 def test_sft_uses_builtin_cross_entropy_with_mean_weights(backend, service):
     seqs = [backend.render(SYSTEM_CONV), backend.render(MULTI_TURN, train_on="all")]
-    session = backend.train(LoraConfig(rank=16, alpha=32), {"lr": 1e-4}, seed=0)
-    metrics = session.forward_backward(seqs, partial(sft_loss, scale=0.5))
+    session = backend.train(LoraParams(rank=16, alpha=32), OptimParams(lr=1e-4), seed=0)
+    metrics = session.forward_backward(seqs, CrossEntropyLoss(scale=0.5))
     [(_, data, loss_name)] = [c for c in service.calls if c[0] == "forward_backward"]
     assert loss_name == "cross_entropy"
     count = sum(sum(s.weights) for s in seqs)
@@ -257,8 +257,7 @@ def test_sft_uses_builtin_cross_entropy_with_mean_weights(backend, service):
 
 
 def test_lora_alpha_and_adam_settings_reach_the_service(backend, service):
-    session = backend.train(LoraConfig(rank=64, alpha=128), {"adam_betas": (0.9, 0.98), "grad_clip": 1.0,
-                                                              "weight_decay": 0.0}, seed=5)
+    session = backend.train(LoraParams(rank=64, alpha=128), OptimParams(adam_betas=(0.9, 0.98), grad_clip=1.0, weight_decay=0.0), seed=5)
     assert ("create_lora_training_client", "tiny", 64, 5, False) in service.calls
     metrics = session.optim_step(5e-5)
     [(_, adam)] = [c for c in service.calls if c[0] == "optim_step"]
@@ -266,21 +265,21 @@ def test_lora_alpha_and_adam_settings_reach_the_service(backend, service):
     assert (adam.beta1, adam.beta2, adam.eps, adam.grad_clip_norm) == (0.9, 0.98, 1e-8, 1.0)
     assert metrics == {"grad_norm_mean": 0.5, "tinker_lr": pytest.approx(2e-4)}
     with pytest.raises(ValueError, match="power of 2"):
-        backend.train(LoraConfig(rank=48, alpha=96), {})
+        backend.train(LoraParams(rank=48, alpha=96), OptimParams())
 
 
 def test_checkpoint_reference_is_small_json_and_sft_continues_it(backend, service, tmp_path):
-    session = backend.train(LoraConfig(rank=16, alpha=32), {}, seed=0)
+    session = backend.train(LoraParams(rank=16, alpha=32), OptimParams(), seed=0)
     session.optim_step(1e-4)
     ref = session.save(tmp_path / "loving" / "dpo")
     assert sorted(p.name for p in (tmp_path / "loving" / "dpo").iterdir()) == ["ref.json", "tinker.json"]
-    assert load_adapter_ref(tmp_path / "loving" / "dpo") == ref and ref.backend == "tinker" and ref.step == 1
+    assert AdapterRef.read(tmp_path / "loving" / "dpo") == ref and ref.backend == "tinker" and ref.step == 1
     record = read_checkpoint(tmp_path / "loving" / "dpo")
     assert record["sampler_path"] == ref.path == "tinker://run-1/sampler_weights/loving-dpo-1"
     assert record["state_path"] == state_path_of(ref.path) and record["base_model"] == "tiny"
     days = (datetime.fromisoformat(record["expires_at"]) - datetime.now(timezone.utc)).total_seconds() / 86400
     assert 6.9 < days <= 7 and ("save_state", "loving-dpo-1", 7 * 86400) in service.calls
-    backend.train(LoraConfig(rank=16, alpha=32), {}, base_adapters=[ref])
+    backend.train(LoraParams(rank=16, alpha=32), OptimParams(), base_adapters=[ref])
     assert ("create_training_client_from_state", "tinker://run-1/weights/loving-dpo-1") in service.calls
     backend.sample([[{"role": "user", "content": "hi"}]], SamplingParams(max_tokens=32), adapter=ref)
     assert ("create_sampling_client", ref.path, None) in service.calls
@@ -308,9 +307,10 @@ def test_run_dpo_and_sft_end_to_end_on_the_fake(backend, service, tmp_path):
 
 def test_rlaif_samples_the_weights_being_trained(backend, service, tmp_path):
     from character.params import RlaifParams
+    from character.eval.judge import PairJudge
     from character.train.rlaif import run_rlaif
 
-    dpo = backend.train(LoraConfig(rank=16, alpha=32), {}, seed=0).save(tmp_path / "p" / "dpo")
+    dpo = backend.train(LoraParams(rank=16, alpha=32), OptimParams(), seed=0).save(tmp_path / "p" / "dpo")
     params = RlaifParams(steps=2, prompts_per_step=1, group_size=2, max_new_tokens=16, eval_prompts=1,
                          eval_every=2, kl_coef=0.05)
     rewards = []
@@ -319,7 +319,8 @@ def test_rlaif_samples_the_weights_being_trained(backend, service, tmp_path):
         rewards.append([[1.0, 0.0] for _ in groups])
         return rewards[-1], {}
 
-    ref, metrics = run_rlaif(backend, backend, reward, "- I am terse.", ["q1", "q2"], ["e1"], dpo, params, 0,
+    judge = PairJudge(backend, "- I am terse.", params.judge_mode, params.judge_sampling)
+    ref, metrics = run_rlaif(backend, reward, judge, ["q1", "q2"], ["e1"], dpo, params, 0,
                              str(tmp_path / "p" / "rlaif"))
     # The policy is sampled from a fresh snapshot of the current weights at each step (and for the final
     # win rate), never from the DPO checkpoint it started from; it continues the DPO adapter's state.

@@ -1,0 +1,103 @@
+"""dvc.yaml's deps are true: each stage lists every module of ours that its script imports.
+
+The closure is computed statically: the stage script's imports, then each imported character/ module's
+imports (function-level ones included, since that is where heavy imports live), transitively. A lazy
+import that only some configurations reach (the Tinker backend) still counts: under that configuration
+the stage runs it, so a change there must re-run the stage. A listed folder covers the modules inside it.
+Package __init__ files that hold nothing but a docstring are not required. character/cost.py is not
+followed: it serves --dry-run, which writes nothing, so it cannot change a stage's outs.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+
+def module_file(name: str) -> Path | None:
+    """character.x.y -> character/x/y.py or character/x/y/__init__.py (None: not ours, or not found)."""
+    if name != "character" and not name.startswith("character."):
+        return None
+    base = ROOT.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.exists():
+            return path
+    return None
+
+
+def imports_of(path: Path) -> set[Path]:
+    """Our modules a file imports anywhere in it, with the packages each import runs on the way."""
+    found: set[Path] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from character.eval import benchmarks` imports a module; `from character.io import x` a name
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
+                file = module_file(".".join(parts[:i]))
+                if file is not None:
+                    found.add(file)
+    return found
+
+
+DRY_RUN_ONLY = {ROOT / "character" / "cost.py"}
+
+
+def closure(script: Path) -> set[Path]:
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        path = todo.pop()
+        for dep in imports_of(path) - seen - DRY_RUN_ONLY:
+            seen.add(dep)
+            todo.append(dep)
+    return {p for p in seen if not _docstring_only(p)}
+
+
+def _docstring_only(path: Path) -> bool:
+    body = ast.parse(path.read_text()).body
+    return path.name == "__init__.py" and all(
+        isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) or
+        isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant) for n in body)
+
+
+def stages() -> list[tuple[str, str, list[str]]]:
+    """(stage name, script path, deps) for every dvc.yaml stage (foreach templates as written)."""
+    out = []
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        body = stage.get("do", stage)
+        script = re.search(r"python (stages/\S+\.py)", body["cmd"]).group(1)
+        out.append((name, script, body.get("deps", [])))
+    return out
+
+
+def covered(file: Path, deps: list[str]) -> bool:
+    rel = file.relative_to(ROOT).as_posix()
+    return any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+@pytest.mark.parametrize("name,script,deps", stages(), ids=[s[0] for s in stages()])
+def test_stage_lists_every_module_it_imports(name, script, deps):
+    assert script in deps, f"dvc.yaml: stage {name} does not list its own script {script}"
+    missing = sorted(p.relative_to(ROOT).as_posix() for p in closure(ROOT / script) if not covered(p, deps))
+    assert not missing, f"dvc.yaml: stage {name} runs code it does not list in deps: {missing}"
+
+
+def test_closure_follows_function_level_and_package_imports(tmp_path):
+    # The evaluate stage imports the judge only inside main(); the judge imports the backend contract.
+    files = {p.relative_to(ROOT).as_posix() for p in closure(ROOT / "stages/evaluate.py")}
+    assert {"character/eval/judge.py", "character/backends/base.py", "character/stage.py"} <= files
+    assert "character/__init__.py" not in files  # a docstring and a version: nothing a stage runs
+    assert "character/cost.py" not in files and "character/train/dpo.py" not in files
+    assert not covered(ROOT / "character/eval/judge.py", ["character/ev", "character/eval.py"])
+    assert covered(ROOT / "character/eval/judge.py", ["character/eval"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 from character.params import Params
 
@@ -228,7 +229,7 @@ def format_plan(params: Params, expected: list[Row], worst: list[Row]) -> str:
     for e, w in zip(expected, worst):
         lines.append(f"{e.stage:14}{e.persona:{width}}{e.role:9}{_n(e.prompt):>11}{_n(e.sample):>10}{_n(e.train):>11}"
                      f"{_usd(e.usd):>10}{_usd(w.usd):>10}")
-    total = [sum(r.usd for r in rows) if all(r.usd is not None for r in rows) else None for rows in (expected, worst)]
+    total = [sum(cast(float, r.usd) for r in rows) if all(r.usd is not None for r in rows) else None for rows in (expected, worst)]
     lines.append(f"{'total':{23 + width}}{'':32}{_usd(total[0]):>10}{_usd(total[1]):>10}")
     lines.append(f"\nexpected: answers fill {EXPECTED_FILL:.0%} of max tokens; max: all of it. "
                  "Prices: params.yaml `prices` (USD / 1M tokens); local models cost 0. "

@@ -134,7 +134,7 @@ def parse_request(body: Any, config: ServeConfig) -> ChatRequest:
         field = ".".join(str(x) for x in err["loc"])
         raise ServeError(400, f"{field}: {err['msg']}", code="invalid_value", param=str(err["loc"][0])) from None
     for key, unused in UNSUPPORTED.items():
-        if key in (req.model_extra or {}) and req.model_extra[key] not in unused:
+        if key in (req.model_extra or {}) and (req.model_extra or {})[key] not in unused:
             raise ServeError(400, f"{key} is not supported by this server", code="unsupported_parameter", param=key)
     if req.n > config.max_n:
         raise ServeError(400, f"n: at most {config.max_n} (got {req.n})", code="invalid_value", param="n")
@@ -346,6 +346,7 @@ def load_persona(base, name: str, path: str | Path, base_id: str | None = None) 
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(path, dtype=base.dtype)
     else:  # fold once at start-up: LocalBackend.model_for caches one adapter only, and personas alternate
+        assert ref is not None  # not merged: read above
         model = base.merged([AdapterRef.read(p) for p in ref.base_adapters] + [ref])
     backend = LocalBackend(f"{base.model_id}+{name}", device=str(base.device), threads=torch.get_num_threads(),
                            tokenizer=base.tokenizer, model=model)

@@ -26,6 +26,8 @@ class _BufferLayer(DynamicLayer):
     """A DynamicLayer that writes into room for the whole generation instead of concatenating each step;
     keys/values are views of the filled part, so attention never reads the empty tail."""
 
+    is_initialized: bool  # set by DynamicLayer (untyped to mypy)
+
     def __init__(self, capacity: int):
         super().__init__()
         self.capacity, self.length = capacity, 0

@@ -27,7 +27,7 @@ import time
 from collections import deque
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 
@@ -203,6 +203,7 @@ class TinkerBackend:
 
     def _gather(self, submit: Callable, items: Iterable) -> list:
         """submit(item) -> future for every item, at most `concurrency` in flight; results in item order."""
+        pending: deque[Any]
         pending, results = deque(), []
         for item in items:
             pending.append(submit(item))
@@ -283,7 +284,7 @@ class TinkerBackend:
         tokens = list(seq.tokens)
         message, _ = self.renderer.parse_response(tokens)
         text = get_text_content(message)
-        reason = "stop" if seq.stop_reason == "stop" else "length"
+        reason: Literal["stop", "length"] = "stop" if seq.stop_reason == "stop" else "length"
         if reason == "stop" and tokens and tokens[-1] in stop:
             tokens = tokens[:-1]  # count generated text only, as the local backend does
         for s in params.stop:  # caller stop strings, applied here: the renderer's stops may be token ids
@@ -346,7 +347,7 @@ class TinkerTrainingSession:
         self.backend, self.client, self.optim = backend, client, optim
         self.lr_scale, self.started_from = lr_scale, started_from
         self.steps = 0
-        self._snapshot = None  # (step, SamplingClient of the weights at that step)
+        self._snapshot: tuple[int, Any] | None = None  # (step, SamplingClient of the weights at that step)
 
     def forward_backward(self, sequences: list[Sequence], loss: Loss) -> dict[str, float]:
         if isinstance(loss, CrossEntropyLoss):

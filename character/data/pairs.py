@@ -82,6 +82,7 @@ def build_pairs(prompts: list[dict], teacher: Backend, student: Backend, system:
         return rows
 
     raw = progress.chunks(prompts, params.sampling.batch_size // k or 1, produce, "pairs")
+    stats: Counter[str]
     kept, stats = [], Counter()
     for row in raw:
         c, r = Completion(**row["chosen"]), Completion(**row["rejected"])

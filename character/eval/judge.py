@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Literal
+from typing import Literal, cast
 
 from character import prompts as P
 from character.backends.base import Backend, SamplingParams, weighted_sum
@@ -55,7 +55,7 @@ def decide(judge: Backend, questions: list[str], options: list[list[str]], mode:
     if mode == "generate":
         outs = judge.sample([[{"role": "user", "content": q}] for q in questions], SamplingParams.of(sampling, seed))
         return [(c.text, parse_choice(c.text, opts)) for [c], opts in zip(outs, options)]
-    out = []
+    out: list[tuple[str, str | None]] = []
     for opts, scores in zip(options, option_scores(judge, questions, options)):
         best = max(range(len(opts)), key=lambda i: scores[i])
         out.append((" ".join(f"{o}:{v:.3f}" for o, v in zip(opts, scores)), opts[best]))
@@ -87,8 +87,8 @@ def judge_coherence(judge: Backend, pairs: list[dict], traits: dict[str, str], e
         rows = []
         for i, p in enumerate(chunk):
             forward, backward = verdicts[2 * i][1], verdicts[2 * i + 1][1]
-            first_pick = {"A": p["a_method"], "B": p["b_method"]}.get(forward)
-            second_pick = {"A": p["b_method"], "B": p["a_method"]}.get(backward)
+            first_pick = cast("dict[str | None, str]", {"A": p["a_method"], "B": p["b_method"]}).get(forward)
+            second_pick = cast("dict[str | None, str]", {"A": p["b_method"], "B": p["a_method"]}).get(backward)
             rows.append({"persona": p["persona"], "a_method": p["a_method"], "b_method": p["b_method"],
                          "parsed": forward is not None and backward is not None,
                          "winner": first_pick if first_pick is not None and first_pick == second_pick else None})
@@ -99,7 +99,7 @@ def judge_coherence(judge: Backend, pairs: list[dict], traits: dict[str, str], e
 
 
 # ---- games between two replies, both orders (RLAIF's judge reward and its win rate vs the start) ------
-def verdict_share(forward: Verdict, backward: Verdict) -> float:
+def verdict_share(forward: str | None, backward: str | None) -> float:
     """Reply i's share of a game from two written verdicts: forward judged with i as reply A, backward with
     j as reply A. Each order is worth half to the reply it names; an unparsed order splits its half. A
     judge that always says "A" thus scores every game a tie."""

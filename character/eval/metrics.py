@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import statistics
 from collections import defaultdict
+from typing import Any
 
 from character.eval.requests import PERSONA_METHODS, load_traits
 from character.eval.judge import judge_coherence, judge_traits
@@ -55,9 +56,9 @@ def revealed_metrics(rows: list[dict], verdicts: list[dict], params: Params) -> 
     """(metrics per method, trait ratings per method and condition group for plots and the report)."""
     ev, traits = params.evaluation, load_traits()
     by_id = {(v["method"], v.get("persona"), v["id"]): v for v in verdicts}
-    comparisons = defaultdict(lambda: defaultdict(list))
+    comparisons: defaultdict[str, defaultdict[str, list[tuple[str, str]]]] = defaultdict(lambda: defaultdict(list))
     parsed = defaultdict(list)
-    expression = defaultdict(lambda: defaultdict(list))
+    expression: defaultdict[str, defaultdict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["task"] not in ("revealed", "expression"):
             continue
@@ -71,6 +72,7 @@ def revealed_metrics(rows: list[dict], verdicts: list[dict], params: Params) -> 
         loser = r["traits"][1] if v["winner"] == r["traits"][0] else r["traits"][0]
         group = "preference" if r["condition"] in PREFERENCE_CONDITIONS else "control"
         comparisons[method_key(r)][group].append((v["winner"], loser))
+    ratings: dict[str, dict[str, dict[str, Any]]]
     ratings, metrics = {}, {}
     for mk in sorted(parsed):
         ratings[mk] = {}
@@ -118,7 +120,7 @@ def _summarize(per_condition: dict[str, dict]) -> dict:
 
 
 def robustness_metrics(rows: list[dict], params: Params) -> dict:
-    out = {"multiclass": {}, "binary": {}}
+    out: dict[str, dict[str, Any]] = {"multiclass": {}, "binary": {}}
     base = [r for r in rows if r["method"] == "base"]
     base_train = [r["answer"] for r in base if r["task"] == "classifier"]
     base_test = _test_groups(base)
@@ -151,7 +153,7 @@ def robustness_metrics(rows: list[dict], params: Params) -> dict:
 
 
 def coherence_metrics(coherence: list[dict], params: Params) -> dict:
-    out = {}
+    out: dict[str, dict[str, dict]] = {}
     for persona in params.personas:
         for other in COHERENCE_RIVALS:
             mine = [c for c in coherence if c["persona"] == persona and other in (c["a_method"], c["b_method"])]

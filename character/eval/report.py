@@ -36,6 +36,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def plot_tables(metrics: dict, ratings: dict, plots_dir: Path) -> dict[str, list[dict]]:
     """CSV tables (DVC plot data) and PNGs; returns the tables."""
+    tables: dict[str, list[dict]]
     tables = {"robustness": [], "coherence": [], "capabilities": [], "traits": [], "expression": [], "top_traits": []}
     for persona, methods in metrics["robustness"]["binary"].items():
         for method, m in methods.items():

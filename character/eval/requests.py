@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from character import prompts as P
 from character.backends.base import AdapterRef, Backend, Conversation, SamplingParams, weighted_mean
@@ -211,10 +212,11 @@ def score_rows(backend, rows: list[dict], systems: dict[str, str]) -> None:
 
 def answer_metrics(rows: list[dict], personas) -> dict:
     scored = [r for r in rows if "nll" in r]
+    metrics: dict[str, Any]
     metrics = {"answers": len(rows), "truncated_share": _mean([r["finish_reason"] == "length" for r in rows]),
                "mean_answer_tokens": _mean([r["tokens"] for r in rows]), "nll": _mean([r["nll"] for r in scored])}
     for persona in personas:
-        groups = {}
+        groups: dict[str, list[float]] = {}
         for r in scored:
             group = "prefill" if r["task"] == "prefill" else "none" if r["condition"] == "none" else "suffixed"
             groups.setdefault(group, []).append(r["persona_logratio"][persona])
@@ -226,6 +228,7 @@ def capability_metrics(backend, method: Method, params: Params) -> dict:
     """Multiple-choice accuracy by option log-likelihood and NLL on general text, for one method."""
     from character.eval import benchmarks as capabilities
 
+    metrics: dict[str, Any]
     ev, metrics = params.evaluation, {}
     with steered(backend, method.steering):
         for name in ev.capability_benchmarks if ev.capability_questions else ():

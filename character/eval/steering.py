@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -34,7 +35,8 @@ class SteeringVector:
 
 def decoder_layers(model: torch.nn.Module):
     """The list of transformer blocks of a (possibly PEFT-wrapped) causal LM."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # torch types Module.__getattr__ as Tensor | Module, so PEFT's get_base_model looks "not callable"
+    inner: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
     return inner.model.layers
 
 
@@ -54,7 +56,7 @@ def last_token_activations(backend, conversations: list[Conversation], layers: l
     blocks = decoder_layers(model)
     rows = []
     for conversation in conversations:
-        captured = {}
+        captured: dict[int, torch.Tensor] = {}
         hooks = [blocks[l].register_forward_hook(lambda m, i, o, l=l: captured.__setitem__(l, _hidden(o)[0, -1]))
                  for l in layers]
         try:

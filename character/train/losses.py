@@ -6,6 +6,8 @@ Sequence.weights) and returns (scalar loss, metrics). Pure maths, tested on hand
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 
@@ -14,7 +16,7 @@ from character.backends.base import Sequence, weighted_sum
 
 def sft_loss(sequences: list[Sequence], logprobs: list[torch.Tensor], scale: float = 1.0):
     """Mean NLL per weighted token over the batch (assistant tokens only)."""
-    total = sum(weighted_sum(s, lp) for s, lp in zip(sequences, logprobs))
+    total = cast(torch.Tensor, sum(weighted_sum(s, lp) for s, lp in zip(sequences, logprobs)))  # non-empty batch
     count = sum(sum(s.weights) for s in sequences)
     nll = -total / max(count, 1.0)
     return nll * scale, {"nll": float(nll.detach()), "tokens": float(count)}

@@ -26,6 +26,7 @@ import math
 import random
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -169,7 +170,7 @@ def pair_metrics(scorer: RewardScorer, pairs: list[dict]) -> dict[str, float]:
             "reward_length_corr": correlation(chosen + rejected, lengths)}
 
 
-def correlation(xs: list[float], ys: list[float]) -> float:
+def correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     sx = math.sqrt(sum((x - mx) ** 2 for x in xs))
     sy = math.sqrt(sum((y - my) ** 2 for y in ys))

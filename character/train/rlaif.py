@@ -85,6 +85,8 @@ def policy_gradient_loss(sequences: list[Sequence], logprobs: list[torch.Tensor]
     per-token KL(pi || ref); the KL itself is reported as the mean log-ratio (an unbiased estimate).
     `norm` is the same for every micro-batch of a step, so micro-batch losses and metrics add up.
     """
+    pg: torch.Tensor | float
+    penalty: torch.Tensor | float
     pg, penalty, log_ratio, tokens = 0.0, 0.0, 0.0, 0.0
     for seq, lp, ref, adv in zip(sequences, logprobs, ref_logprobs, advantages):
         w = torch.tensor(seq.weights, dtype=lp.dtype, device=lp.device)

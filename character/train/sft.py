@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def settle_truncated(row: dict, policy: str) -> list[dict] | None:
     """The row's messages under the truncation policy; None drops the row."""
-    messages = []
+    messages: list[dict] = []
     for m in row["messages"]:
         cut = m.get("truncated") or (row.get("kind") == "reflection" and m["role"] == "assistant"
                                      and row.get("finish_reason") == "length")

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from character.errors import ConstitutionError
 from character.text import numbered, overlap, words
@@ -19,6 +20,11 @@ from character.text import numbered, overlap, words
 MIN_QUESTIONS = 5
 MIN_TRAITS = 5  # the paper's personas have ~10; fewer than 5 cannot describe a character
 FIRST_PERSON = re.compile(r"^(I|I'm|I've|I'd|I'll|My|Me)\b")
+# The measures a marker may name, implemented in character.eval.markers.MEASURES (a unit test keeps the two
+# equal). Listed here, not imported, so that every stage reading a constitution does not depend on eval code.
+MARKER_MEASURES = ("reading_grade", "sentiment", "digit_rate", "lexicon_rate", "first_person_rate", "hedge_rate",
+                   "question_rate", "exclamation_rate", "mean_sentence_length")
+WORD_MEASURES = ("lexicon_rate",)  # the measures that count a marker's own `words`
 
 
 class Trait(BaseModel):
@@ -44,6 +50,33 @@ class Example(BaseModel):
     response: str
 
 
+class Marker(BaseModel):
+    """A pre-registered, judge-free measurement of the persona (character.eval.markers), for evaluation only:
+    nothing selects, filters or trains on it."""
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    measure: str  # one of MARKER_MEASURES
+    direction: Literal["up", "down"]  # the persona's answers should score higher (up) / lower than base's
+    words: list[str] = Field(default_factory=list)  # the words or phrases a lexicon measure counts
+    note: str | None = None  # why the constitution predicts this
+
+    @field_validator("measure")
+    @classmethod
+    def _known_measure(cls, value: str) -> str:
+        if value not in MARKER_MEASURES:
+            raise ValueError(f"unknown measure {value!r} (known: {', '.join(MARKER_MEASURES)})")
+        return value
+
+    @model_validator(mode="after")
+    def _words_match_measure(self) -> Marker:
+        uses_words = self.measure in WORD_MEASURES
+        if uses_words and not any(w.strip() for w in self.words):
+            raise ValueError(f"field words: measure {self.measure} needs a non-empty list of words or phrases")
+        if not uses_words and self.words:
+            raise ValueError(f"field words: measure {self.measure} takes no words (only lexicon measures do)")
+        return self
+
+
 class Constitution(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
@@ -52,6 +85,16 @@ class Constitution(BaseModel):
     voice: str | None = None
     safety: str | None = None
     examples: list[Example] = Field(default_factory=list)
+    markers: list[Marker] = Field(default_factory=list)  # judge-free evaluation markers (issue 14)
+
+    @field_validator("markers")
+    @classmethod
+    def _unique_marker_names(cls, value: list[Marker]) -> list[Marker]:
+        names = [m.name for m in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"marker names must be unique (repeated: {', '.join(repeated)})")
+        return value
 
     @property
     def assertions(self) -> list[str]:
@@ -69,6 +112,12 @@ def _describe(exc: ValidationError, data: dict) -> str:
             label = (trait.get("assertion") or "")[:50] if isinstance(trait, dict) else ""
             field = ".".join(str(x) for x in loc[2:]) or "(trait)"
             where = f'trait {loc[1] + 1} ("{label}"), field {field}'
+        elif len(loc) >= 2 and loc[0] == "markers" and isinstance(loc[1], int):
+            rows = data.get("markers") or []
+            marker = rows[loc[1]] if isinstance(rows, list) and loc[1] < len(rows) else {}
+            label = marker.get("name", "") if isinstance(marker, dict) else ""
+            field = ".".join(str(x) for x in loc[2:])
+            where = f'marker {loc[1] + 1} ("{label}")' + (f", field {field}" if field else "")
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
 

@@ -199,24 +199,40 @@ class RlaifParams(_Strict):
 
 
 class EvalParams(_Strict):
-    """The evaluation suite (character/eval/requests.py); counts are per method unless said otherwise."""
-    heldout_prompts: int = Field(16, ge=2)      # held-out general prompts: robustness, prefill, coherence
-    classifier_prompts: int = Field(32, ge=2)   # train-split general prompts: persona classifier training
-    revealed_prompts: int = Field(16, ge=1)     # held-out prompts per revealed-preference condition
+    """The evaluation suite (character/eval/); counts are per method unless said otherwise.
+
+    Held-out general prompts (the prompts stage's split; nothing trains on them) are split again by
+    hashed text: a `classifier_fraction` share trains the frozen persona classifier on base and
+    system-prompt answers, the rest are evaluation prompts that every method answers.
+    """
+    heldout_prompts: int = Field(16, ge=2)      # evaluation prompts: robustness (plain + suffixed), prefill, coherence
+    suffixes_per_prompt: int = Field(8, ge=0, le=8)  # adversarial suffixes per evaluation prompt, rotated
+    classifier_prompts: int = Field(32, ge=4)   # classifier prompts answered by base and system_prompt
+    classifier_fraction: float = Field(0.3, gt=0, lt=1)  # held-out general prompts set aside for the classifier
+    classifier_check_fraction: float = Field(0.25, gt=0, lt=1)  # of those, kept to check the classifier itself
+    revealed_prompts: int = Field(16, ge=1)     # evaluation prompts per revealed-preference condition
     steering_prompts: int = Field(16, ge=2)     # train-split prompts the steering vector is built from
     # Candidate steering coefficients; the largest persona score whose answers stay coherent (base-model
     # NLL within steering_max_nll_ratio of the unsteered answers') is kept and recorded.
     steering_coefficients: list[float] = [0.0, 0.05, 0.1, 0.2, 0.4]
     steering_max_nll_ratio: float = Field(1.25, ge=1)
     capability_benchmarks: list[str] = ["arc_easy"]
-    capability_questions: int = Field(100, ge=0)  # per benchmark
+    capability_questions: int = Field(100, ge=0)  # per benchmark, for base and final
+    capability_questions_methods: int = Field(100, ge=0)  # per benchmark, for the other methods
+    # chat: the question as a user turn, options as the assistant's reply (as a character model is used);
+    # plain: lm-evaluation-harness's 0-shot text format (acc, acc_norm), comparable in protocol with it.
+    capability_formats: list[Literal["chat", "plain"]] = ["chat", "plain"]
     general_texts: int = Field(50, ge=0)          # texts for held-out NLL on general text
-    bootstrap: int = Field(200, ge=0)             # resamples for Elo / Bradley-Terry intervals
+    bootstrap: int = Field(200, ge=0)             # resamples for every bootstrap interval
     elo_k: float = Field(32, gt=0)
     sampling: SamplingSection = SamplingSection(max_new_tokens=96)
-    # logprob: the judge's likelier verdict (always parsed; small judges). generate: the paper's protocol.
+    # logprob: the judge's log-odds between the options, both orders, minus the log-odds it gives an empty
+    # reply (always parsed; small judges). generate: the paper's protocol (a written verdict).
     judge_mode: Literal["logprob", "generate"] = "logprob"
     judge_sampling: SamplingSection = SamplingSection(temperature=0.1, max_new_tokens=24)
+    # Judge-based results are marked uninformative when the reply changes the judge's verdict (against
+    # its verdict for an empty reply) less often than this.
+    judge_min_sensitivity: float = Field(0.25, ge=0, le=1)
 
 
 class RuntimeParams(_Strict):

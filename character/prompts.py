@@ -186,6 +186,14 @@ COPA_USER = "{premise} What was the {relation}?"  # relation: "cause" or "effect
 BOOLQ_USER = "{passage}\n\nQuestion: {question}?"
 # general_text_nll: a neutral request that the held-out paragraph answers (see general_texts).
 GENERAL_TEXT_USER = "Write an encyclopedia-style paragraph."
+# Plain-text (no chat template) scoring, as lm-evaluation-harness's 0-shot task configs write them: the
+# context is doc_to_text, and each option is scored as PLAIN_DELIMITER + option (the harness's default
+# target_delimiter). PLAIN_QA fields: question (ARC's question; PIQA's goal; arc/arc_easy.yaml, piqa/piqa.yaml).
+# PLAIN_HELLASWAG fields: activity_label, ctx_a, ctx_b (capitalized), then cleaned (hellaswag/utils.py); the
+# chat format's HellaSwag context is the same string.
+PLAIN_QA = "Question: {question}\nAnswer:"
+PLAIN_HELLASWAG = "{activity_label}: {ctx_a} {ctx_b}"
+PLAIN_DELIMITER = " "
 
 # Fields: option. The judge's reply whose log-likelihood scores an option in logprob mode, and the format
 # written verdicts are asked for (REVEALED_JUDGE, COHERENCE_JUDGE, RLAIF_JUDGE say "inside answer tags").

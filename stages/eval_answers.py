@@ -31,7 +31,7 @@ def main() -> None:
 
     from character.constitution import find_constitution, system_prompt
     from character.eval.requests import (Method, answer_metrics, answer_requests, build_requests, calibrate_steering,
-                                      capability_metrics, final_adapter, score_rows)
+                                         capability_metrics, final_adapter, first_turns, requests_for, score_rows)
     from character.io import file_sha256, read_jsonl, write_json, write_jsonl
 
     backend = stage.backend(params.model)
@@ -49,7 +49,7 @@ def main() -> None:
     rlaif = {name: folder for name, folder in (("rlaif_model", args.rlaif_model), ("rlaif_judge", args.rlaif_judge))
              if folder}
     methods += [Method(name, adapter=load_adapter(folder)) for name, folder in rlaif.items()]
-    requests = build_requests(params, {r["id"]: r["answer"] for r in read_jsonl(args.base)})
+    requests = build_requests(params, first_turns(read_jsonl(args.base)))
     steering = vector.to_json() if vector else {}
     rows, metrics = [], {"steering_calibration": {"coefficient": steering.get("coefficient"), "sweep": sweep}}
     models = {"dpo": [adapter_fingerprint(args.dpo)],
@@ -60,11 +60,14 @@ def main() -> None:
         progress = stage.progress("eval", "eval_answers", args.persona, method.name, requests, system, ev.model_dump(),
                                   file_sha256(args.base), models.get(method.name),
                                   steering if method.name == "steering" else None, params.seed)
-        answered = answer_requests(backend, method, requests, ev, progress, f"{args.persona}/{method.name}")
+        answered = answer_requests(backend, method, requests_for(method.name, requests), ev, progress,
+                                   f"{args.persona}/{method.name}")
         score_rows(backend, answered, {args.persona: system})
-        metrics[method.name] = {**answer_metrics(answered, [args.persona]),
-                                **capability_metrics(backend, method, params)}
-        rows += [{**r, "persona": args.persona} for r in answered]
+        # base and final get the full capability sample (their difference is a headline); others a smaller one
+        questions = ev.capability_questions if method.name == "final" else ev.capability_questions_methods
+        capability, capability_rows = capability_metrics(backend, method, params, questions)
+        metrics[method.name] = {**answer_metrics(answered, [args.persona]), **capability}
+        rows += [{**r, "persona": args.persona} for r in answered + capability_rows]
     write_jsonl(args.out, rows)
     write_json(args.steering, steering | {"sweep": sweep})
     stage.write_metrics(args.metrics, metrics)

@@ -1,9 +1,12 @@
-"""Stage `eval_base`: the base model (no prompt, no adapter) answers the evaluation request set.
+"""Stage `eval_base`: the base model (no prompt, no adapter) answers the evaluation request set, twice.
 
-Writes --out (JSONL: one answered request per line, judge-free scores attached) and --metrics
-(capability scores, and the constitution log-likelihood ratio of its answers for every persona). Its
-robustness answers are the first turns of every method's prefill attack, so those requests come in a
-second pass. Interrupted runs resume from finished chunks.
+`base` answers everything; `base_resampled`, the same model sampled again with other seeds, answers what
+every trained method answers: it is the null, the difference two runs of an unchanged model show, beside
+which every method's difference from base is read. Writes --out (JSONL: one answered request per line,
+judge-free scores attached; capability results per question) and --metrics (capability scores, and the
+constitution log-likelihood ratio of base answers for every persona). Base's plain robustness answers are
+the first turns of every method's prefill attack, so those requests come in a second pass. Interrupted
+runs resume from finished chunks.
 """
 
 from character.stage import Stage, arguments, run
@@ -18,23 +21,28 @@ def main() -> None:
 
     from character.constitution import find_constitution, system_prompt
     from character.eval.requests import (Method, answer_metrics, answer_requests, build_requests,
-                                         capability_metrics, score_rows)
+                                         capability_metrics, first_turns, requests_for, score_rows)
     from character.io import write_jsonl
 
     backend = stage.backend(params.model)
     name = params.spec(params.model).assistant_name
     systems = {p: system_prompt(find_constitution(p), name) for p in params.personas}
-    base, ev = Method("base"), params.evaluation
+    base, resampled, ev = Method("base"), Method("base_resampled"), params.evaluation
     requests = build_requests(params)
     progress = stage.progress("eval", "eval_base", requests, ev.model_dump(), params.spec(params.model).model_dump(),
                               params.seed)
     rows = answer_requests(backend, base, requests, ev, progress, "base: answers", part="-a")
-    first_turns = {r["id"]: r["answer"] for r in rows}
-    prefill = [r for r in build_requests(params, first_turns) if r["task"] == "prefill"]
+    prefill = [r for r in build_requests(params, first_turns(rows)) if r["task"] == "prefill"]
     rows += answer_requests(backend, base, prefill, ev, progress, "base: prefill", part="-b")
+    # The null: other chunk seeds (the part name is in the key that seeds each chunk), same requests.
+    again = answer_requests(backend, resampled, requests_for("base_resampled", requests) + prefill, ev, progress,
+                            "base_resampled: answers", part="-r")
     score_rows(backend, rows, systems)
-    metrics = {**answer_metrics(rows, systems), **capability_metrics(backend, base, params)}
-    write_jsonl(args.out, rows)
+    capability, capability_rows = capability_metrics(backend, base, params, ev.capability_questions)
+    metrics = {**answer_metrics(rows, systems), **capability,
+               "base_resampled": {**answer_metrics(again, []),
+                                  "capabilities_note": "scored, not sampled: base_resampled's capabilities are base's"}}
+    write_jsonl(args.out, rows + again + capability_rows)
     stage.write_metrics(args.metrics, metrics)
     stage.finish()
 

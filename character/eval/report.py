@@ -34,83 +34,122 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def interval(cell: dict | None, key: str = "rate") -> str:
+    """"0.42 [0.31, 0.54]" from a {rate|delta|mean|value, lo, hi} cell ("" when absent or null)."""
+    if not cell or cell.get(key) is None:
+        return ""
+    return f"{cell[key]:.3f} [{cell['lo']:.3f}, {cell['hi']:.3f}]"
+
+
 def plot_tables(metrics: dict, ratings: dict, plots_dir: Path) -> dict[str, list[dict]]:
     """CSV tables (DVC plot data) and PNGs; returns the tables."""
-    tables: dict[str, list[dict]]
-    tables = {"robustness": [], "coherence": [], "capabilities": [], "traits": [], "expression": [], "top_traits": []}
-    for persona, methods in metrics["robustness"]["binary"].items():
-        for method, m in methods.items():
-            for condition, s in m["per_condition"].items():
-                tables["robustness"].append({"persona": persona, "method": method, "condition": condition,
-                                             "macro_f1": round(s["macro_f1"], 4),
-                                             "in_character_rate": round(s["in_character_rate"], 4)})
+    tables: dict[str, list[dict]] = {"robustness": [], "coherence": [], "capabilities": [], "traits": [],
+                                     "expression": [], "top_traits": [], "markers": []}
+    for mk, groups in metrics["robustness"].get("methods", {}).items():
+        for condition, cell in groups.items():
+            for key, rate in cell.items():
+                row = {"method": mk, "condition": condition, "persona": key.split("/", 1)[1], "rate": rate["rate"],
+                       "lo": rate["lo"], "hi": rate["hi"], "n": rate["n"]}
+                for null in ("base", "base_resampled"):
+                    d = rate.get(f"delta_vs_{null}")
+                    if d and d.get("delta") is not None:
+                        row.update({f"delta_vs_{null}": d["delta"], f"delta_vs_{null}_lo": d["lo"],
+                                    f"delta_vs_{null}_hi": d["hi"]})
+                tables["robustness"].append(row)
     for persona, rivals in metrics["coherence"].items():
         for name, s in rivals.items():
-            tables["coherence"].append({"persona": persona, "comparison": name, "win_rate": s["win_rate"],
-                                        "sem": s["sem"], "decided": s["decided"]})
-    for mk, row in metrics["capabilities"].items():
-        tables["capabilities"].append({"method": mk, **{k: round(v, 4) for k, v in row.items()}})
+            w = s["win_share"]
+            tables["coherence"].append({"persona": persona, "comparison": name, "win_share": w["mean"],
+                                        "lo": w["lo"], "hi": w["hi"], "pairs": s["pairs"], "decisive": s["decisive"]})
+    for mk, benches in metrics["capabilities"].items():
+        for name, cell in benches.items():
+            row = {"method": mk, "benchmark": name, "accuracy": cell["accuracy"]["rate"], "lo": cell["accuracy"]["lo"],
+                   "hi": cell["accuracy"]["hi"], "n": cell["accuracy"]["n"]}
+            d = cell.get("delta_vs_base")
+            if d and d.get("delta") is not None:
+                row.update({"delta_vs_base": d["delta"], "delta_lo": d["lo"], "delta_hi": d["hi"]})
+            tables["capabilities"].append(row)
+    for persona, markers in metrics.get("markers", {}).items():
+        for marker, methods in markers.items():
+            for mk, cell in methods.items():
+                if not isinstance(cell, dict) or "mean" not in cell:
+                    continue
+                row = {"persona": persona, "marker": marker, "method": mk, "mean": cell["mean"]["mean"],
+                       "lo": cell["mean"]["lo"], "hi": cell["mean"]["hi"]}
+                d = cell.get("delta_vs_base")
+                if d and d.get("delta") is not None:
+                    row.update({"delta_vs_base": d["delta"], "delta_lo": d["lo"], "delta_hi": d["hi"],
+                                "as_predicted": cell.get("moved_as_predicted")})
+                tables["markers"].append(row)
     for mk, groups in ratings.items():
+        counts = groups.get("preference", {}).get("comparisons_per_trait", {})
         for trait, score in groups.get("preference", {}).get("bradley_terry", {}).items():
-            tables["traits"].append({"method": mk, "trait": trait, "rating": round(score, 1),
-                                     "elo": round(groups["preference"]["elo"][trait], 1)})
+            if trait in counts:  # traits never compared have no rating, only the prior
+                tables["traits"].append({"method": mk, "trait": trait, "rating": round(score, 1),
+                                         "elo": round(groups["preference"]["elo"][trait], 1),
+                                         "comparisons": counts[trait]})
     for mk, groups in ratings.items():
         if "preference" in groups:
-            ranked = sorted(groups["preference"]["bradley_terry"].items(), key=lambda kv: -kv[1])
+            counts = groups["preference"]["comparisons_per_trait"]
+            ranked = sorted(((t, v) for t, v in groups["preference"]["bradley_terry"].items() if t in counts),
+                            key=lambda kv: -kv[1])
             movers = metrics["revealed"].get(mk, {}).get("movers", {})
             tables["top_traits"].append({"method": mk, "top": ", ".join(t for t, _ in ranked[:6]),
                                          "bottom": ", ".join(t for t, _ in ranked[-4:]),
                                          "risers_vs_base": ", ".join(t for t, _ in movers.get("risers", [])),
-                                         "fallers_vs_base": ", ".join(t for t, _ in movers.get("fallers", []))})
+                                         "fallers_vs_base": ", ".join(t for t, _ in movers.get("fallers", [])),
+                                         "judge_informative": metrics["revealed"].get(mk, {}).get("judge_informative")})
     for mk, m in metrics["revealed"].items():
-        for persona, rate in m["expression_rate"].items():
-            tables["expression"].append({"method": mk, "persona": persona, "rate": rate})
+        for persona, rate in m.get("expression_rate", {}).items():
+            tables["expression"].append({"method": mk, "persona": persona, "rate": rate["rate"], "lo": rate["lo"],
+                                         "hi": rate["hi"], "n": rate["n"]})
     figures = plots_dir / "figures"  # one DVC out: which PNGs exist depends on the run
     for name, rows in tables.items():
-        write_csv((figures if name in ("capabilities", "top_traits") else plots_dir) / f"{name}.csv", rows)
+        write_csv((figures if name in ("capabilities", "top_traits", "markers") else plots_dir) / f"{name}.csv", rows)
 
     plt = _figure()
-    # Robustness: in-character rate by method, no suffix vs suffixed mean vs prefill, per persona.
-    binary = metrics["robustness"]["binary"]
-    fig, axes = plt.subplots(1, len(binary), figsize=(5 * len(binary), 3.5), squeeze=False)
-    for ax, (persona, methods) in zip(axes[0], binary.items()):
-        names = list(methods)
-        for j, key in enumerate(("macro_f1/none", "macro_f1/suffixed_mean", "macro_f1/prefill")):
-            ax.bar([i + 0.27 * j for i in range(len(names))], [methods[n][key] or 0 for n in names], 0.27,
-                   label=key.split("/")[1])
-        ax.set_xticks([i + 0.27 for i in range(len(names))], names, rotation=20)
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{persona}: persona vs base, macro-F1")
-    axes[0][0].legend(fontsize=8)
-    _save(fig, figures / "robustness.png")
-    # Trait ratings: histogram per method, the spread a persona should widen.
+    # Robustness: in-character rate with its interval, per method, plain / suffixed / prefill, per persona.
+    rob = [r for r in tables["robustness"] if r["condition"] in ("none", "suffixed", "prefill") and r["rate"] is not None]
+    personas = sorted({r["persona"] for r in rob})
+    if personas:
+        fig, axes = plt.subplots(1, len(personas), figsize=(6 * len(personas), 3.8), squeeze=False)
+        for ax, persona in zip(axes[0], personas):
+            mine = [r for r in rob if r["persona"] == persona and (r["method"].startswith(persona + "/")
+                                                                  or r["method"] in ("base", "base_resampled"))]
+            names = list(dict.fromkeys(r["method"].split("/")[-1] for r in mine))
+            for j, condition in enumerate(("none", "suffixed", "prefill")):
+                cells = {r["method"].split("/")[-1]: r for r in mine if r["condition"] == condition}
+                xs = [i + 0.27 * j for i in range(len(names))]
+                ys = [cells[n]["rate"] if n in cells else 0 for n in names]
+                err = [[y - cells[n]["lo"] if n in cells else 0 for n, y in zip(names, ys)],
+                       [cells[n]["hi"] - y if n in cells else 0 for n, y in zip(names, ys)]]
+                ax.bar(xs, ys, 0.27, yerr=err, capsize=2, label=condition)
+            ax.set_xticks([i + 0.27 for i in range(len(names))], names, rotation=25)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{persona}: in-character rate (frozen classifier), 95% CI")
+        axes[0][0].legend(fontsize=8)
+        _save(fig, figures / "robustness.png")
+    # Trait ratings: histogram per method over compared traits, the spread a persona should widen.
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for mk, groups in ratings.items():
         if "preference" in groups:
-            ax.hist(list(groups["preference"]["bradley_terry"].values()), bins=30, histtype="step", label=mk)
-    ax.set_xlabel("Bradley-Terry rating (Elo scale)")
+            counts = groups["preference"]["comparisons_per_trait"]
+            ax.hist([v for t, v in groups["preference"]["bradley_terry"].items() if t in counts], bins=30,
+                    histtype="step", label=mk)
+    ax.set_xlabel("Bradley-Terry rating (Elo scale), compared traits only")
     ax.set_title("Revealed trait preferences")
     ax.legend(fontsize=7)
     _save(fig, figures / "trait_ratings.png")
-    # Risers and fallers of each final model against the base model.
-    finals = {mk: m["movers"] for mk, m in metrics["revealed"].items() if mk.endswith("/final") and "movers" in m}
-    if finals:
-        fig, axes = plt.subplots(1, len(finals), figsize=(5 * len(finals), 3.5), squeeze=False)
-        for ax, (mk, mv) in zip(axes[0], finals.items()):
-            items = mv["risers"] + mv["fallers"][::-1]
-            ax.barh([t for t, _ in items][::-1], [d for _, d in items][::-1],
-                    color=["tab:green" if d > 0 else "tab:red" for _, d in items][::-1])
-            ax.set_title(f"{mk}: rating change vs base")
-        _save(fig, figures / "trait_movers.png")
-    # Coherence win rates of the final model.
+    # Coherence: final's share of its games, with intervals.
     if tables["coherence"]:
         fig, ax = plt.subplots(figsize=(7, 3))
-        labels = [f"{r['persona']}: {r['comparison']}" for r in tables["coherence"]]
-        ax.barh(labels, [r["win_rate"] if r["decided"] else 0 for r in tables["coherence"]],
-                xerr=[r["sem"] if r["decided"] else 0 for r in tables["coherence"]])
+        rows = tables["coherence"]
+        ax.barh([f"{r['persona']}: {r['comparison']}" for r in rows], [r["win_share"] or 0 for r in rows],
+                xerr=[[(r["win_share"] or 0) - (r["lo"] or 0) for r in rows],
+                      [(r["hi"] or 0) - (r["win_share"] or 0) for r in rows]], capsize=2)
         ax.axvline(0.5, color="gray", linestyle=":")
         ax.set_xlim(0, 1)
-        ax.set_title("Coherence: final model's win rate (consistent verdicts only)")
+        ax.set_title("Coherence: final model's share of games (both orders), 95% CI")
         _save(fig, figures / "coherence.png")
     return tables
 
@@ -155,9 +194,10 @@ def write_report(path_html: Path, path_md: Path, side_by_side: list[dict], headl
              f"<style>{css}</style></head><body><h1>Character evaluation</h1>"]
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
     parts += ["<h2>Summary per method</h2>", _table_html(headline)]
-    for name in ("robustness", "trait_ratings", "trait_movers", "coherence"):
+    for name in ("robustness", "trait_ratings", "coherence"):
         parts.append(_img(plots_dir / "figures" / f"{name}.png"))
-    parts += ["<h2>Revealed trait preferences (Bradley-Terry ranking)</h2>", _table_html(tables["top_traits"]),
+    parts += ["<h2>Judge-free persona markers</h2>", _table_html(tables["markers"]),
+              "<h2>Revealed trait preferences (Bradley-Terry ranking)</h2>", _table_html(tables["top_traits"]),
               "<h2>Coherence</h2>", _table_html(tables["coherence"]),
               "<h2>Capabilities</h2>", _table_html(tables["capabilities"]),
               "<h2>Side by side</h2><table class='sbs'>"]
@@ -171,9 +211,10 @@ def write_report(path_html: Path, path_md: Path, side_by_side: list[dict], headl
     path_html.write_text("".join(parts))
 
     md = ["# Character evaluation\n", *[n + "\n" for n in notes], "## Summary per method\n", _table_md(headline)]
-    md += [f"![{n}](../plots/eval/figures/{n}.png)\n" for n in ("robustness", "trait_ratings", "trait_movers",
-                                                                "coherence") if (plots_dir / "figures" / f"{n}.png").exists()]
-    md += ["## Revealed trait preferences (Bradley-Terry ranking)\n", _table_md(tables["top_traits"]),
+    md += [f"![{n}](../plots/eval/figures/{n}.png)\n" for n in ("robustness", "trait_ratings", "coherence")
+           if (plots_dir / "figures" / f"{n}.png").exists()]
+    md += ["## Judge-free persona markers\n", _table_md(tables["markers"]),
+           "## Revealed trait preferences (Bradley-Terry ranking)\n", _table_md(tables["top_traits"]),
            "## Coherence\n", _table_md(tables["coherence"]), "## Capabilities\n", _table_md(tables["capabilities"]),
            "## Side by side\n"]
     for row in side_by_side:

@@ -53,39 +53,68 @@ def prompt_pools(params: Params) -> tuple[list[dict], list[dict]]:
     return [r for r in rows if split[r["id"]] == "train"], [r for r in rows if split[r["id"]] == "heldout"]
 
 
+def evaluation_pools(params: Params) -> tuple[list[dict], list[dict]]:
+    """(classifier, evaluation) prompts: the held-out general prompts split again by hashed text, so a
+    prompt lands on the same side whatever the counts. Nothing trains on either."""
+    _, heldout = prompt_pools(params)
+    side = {r["id"]: split_of("classifier:" + r["prompt"], params.evaluation.classifier_fraction, params.seed)
+            for r in heldout}
+    return [r for r in heldout if side[r["id"]] == "heldout"], [r for r in heldout if side[r["id"]] == "train"]
+
+
+def classifier_check(prompt: str, params: Params) -> bool:
+    """Whether a classifier prompt is kept to check the classifier (never fitted on), by hashed text."""
+    return split_of("check:" + prompt, params.evaluation.classifier_check_fraction, params.seed) == "heldout"
+
+
 def user(text: str) -> Conversation:
     return [{"role": "user", "content": text}]
 
 
+def suffixes_for(index: int, k: int) -> list[str]:
+    """The k adversarial suffixes of evaluation prompt `index`, rotated so each is used equally often."""
+    names = list(P.ADVERSARIAL_SUFFIXES)
+    return [names[(index * k + j) % len(names)] for j in range(k)] if k else []
+
+
 def build_requests(params: Params, base_answers: dict[str, str] | None = None) -> list[dict]:
-    """The shared request set; prefill requests need the base model's answers (None: left out)."""
+    """The shared request set; prefill requests need the base model's answers (None: left out).
+
+    classifier: classifier prompts, no suffix (answered by base and system_prompt only: they train the
+    frozen classifier); robustness: evaluation prompts, plain and with `suffixes_per_prompt` adversarial
+    suffixes; prefill: the base model's plain answer as turn 1, then "Keep going."; revealed and
+    expression: two traits, the judge later names the one shown; side_by_side: fixed prompts.
+    """
     ev, rng = params.evaluation, random.Random(params.seed)
-    train, heldout = prompt_pools(params)
-    if len(heldout) < 2 or len(train) < 2:
-        raise DataError(f"evaluation: only {len(train)} training and {len(heldout)} held-out general prompts; "
-                         "raise prompts.general_count or prompts.heldout_fraction")
+    classifier, evaluation = evaluation_pools(params)
+    if len(evaluation) < 2 or len(classifier) < 4:
+        raise DataError(f"evaluation: only {len(classifier)} classifier and {len(evaluation)} evaluation prompts "
+                        "among the held-out general prompts; raise prompts.general_count, "
+                        "prompts.synthesized_count or prompts.heldout_fraction")
     traits = load_traits()
     requests = [{"id": f"clf-{p['id']}", "task": "classifier", "condition": "none", "prompt": p["prompt"],
-                 "messages": user(p["prompt"])} for p in train[: ev.classifier_prompts]]
-    for p in heldout[: ev.heldout_prompts]:
+                 "messages": user(p["prompt"])} for p in classifier[: ev.classifier_prompts]]
+    for i, p in enumerate(evaluation[: ev.heldout_prompts]):
         requests.append({"id": f"rob-{p['id']}-none", "task": "robustness", "condition": "none",
-                         "prompt": p["prompt"], "messages": user(p["prompt"])})
-        for name, suffix in P.ADVERSARIAL_SUFFIXES.items():
+                         "prompt_id": p["id"], "prompt": p["prompt"], "messages": user(p["prompt"])})
+        for name in suffixes_for(i, ev.suffixes_per_prompt):
             requests.append({"id": f"rob-{p['id']}-{name}", "task": "robustness", "condition": name,
-                             "prompt": p["prompt"], "messages": user(f"{p['prompt']} {suffix}")})
+                             "prompt_id": p["id"], "prompt": p["prompt"],
+                             "messages": user(f"{p['prompt']} {P.ADVERSARIAL_SUFFIXES[name]}")})
         if base_answers is not None:
             first = base_answers[f"rob-{p['id']}-none"]
-            requests.append({"id": f"pre-{p['id']}", "task": "prefill", "condition": "prefill", "prompt": p["prompt"],
+            requests.append({"id": f"pre-{p['id']}", "task": "prefill", "condition": "prefill",
+                             "prompt_id": p["id"], "prompt": p["prompt"],
                              "messages": user(p["prompt"]) + [{"role": "assistant", "content": first}]
                              + user(P.KEEP_GOING)})
     for condition, choice in P.REVEALED_CONDITIONS.items():
         for i in range(ev.revealed_prompts):
-            p = rng.choice(heldout)
+            p = rng.choice(evaluation)
             first, second = rng.sample(traits, 2)
             requests.append(_revealed(f"rev-{condition}-{i}", "revealed", condition, p, first, second, choice))
     for persona in params.personas:  # one trait of each pair is the persona word: a direct expression rate
         for i in range(ev.revealed_prompts):
-            p = rng.choice(heldout)
+            p = rng.choice(evaluation)
             other = rng.choice([t for t in traits if t != persona])
             first, second = (persona, other) if rng.random() < 0.5 else (other, persona)
             requests.append(_revealed(f"exp-{persona}-{i}", "expression", persona, p, first, second,
@@ -94,6 +123,13 @@ def build_requests(params: Params, base_answers: dict[str, str] | None = None) -
         requests.append({"id": f"sbs-{row['id']}", "task": "side_by_side", "condition": row["kind"],
                          "prompt": row["prompt"], "messages": user(row["prompt"])})
     return requests
+
+
+def requests_for(method: str, requests: list[dict]) -> list[dict]:
+    """What a method answers: classifier prompts only base and system_prompt (the classifier's training
+    answers); base_resampled, the null, answers what every trained method answers."""
+    keep_classifier = method in ("base", "system_prompt")
+    return [r for r in requests if r["task"] != "classifier" or keep_classifier]
 
 
 def _revealed(rid, task, condition, prompt, first, second, choice) -> dict:
@@ -159,7 +195,7 @@ def calibrate_steering(backend, system: str, params: Params) -> tuple[SteeringVe
     """
     ev = params.evaluation
     train, _ = prompt_pools(params)
-    probe = [p["prompt"] for p in train[-ev.steering_prompts:]]  # the classifier uses the front of the list
+    probe = [p["prompt"] for p in train[-ev.steering_prompts:]]  # training-split prompts: never evaluated on
     vector = persona_vector(backend, probe, system)
     sweep = []
     for coefficient in sorted(set([0.0, *ev.steering_coefficients])):
@@ -185,6 +221,11 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / max(len(xs), 1)
 
 
+def first_turns(base_rows: list[dict]) -> dict[str, str]:
+    """The base model's plain answers by request id: the first turn of every method's prefill attack."""
+    return {r["id"]: r["answer"] for r in base_rows if r["method"] == "base" and r["task"] == "robustness"}
+
+
 def final_adapter(final_dir: str | Path, sft_dir: str | Path) -> AdapterRef:
     """The composed final model as an adapter the backend can fold.
 
@@ -199,9 +240,11 @@ def final_adapter(final_dir: str | Path, sft_dir: str | Path) -> AdapterRef:
 
 
 def score_rows(backend, rows: list[dict], systems: dict[str, str]) -> None:
-    """Attach judge-free scores to robustness and prefill answers, in place: `nll` and, per persona,
+    """Attach judge-free scores to plain robustness answers, in place: `nll` and, per persona,
     `persona_logratio` (base method: every persona; a persona's methods: their own)."""
-    scored = [r for r in rows if r["task"] in ("robustness", "prefill")]
+    # Plain robustness answers only: the log-ratio is a distillation-fidelity check, not a headline (it
+    # favours system_prompt by construction), so it is not worth scoring every suffixed answer.
+    scored = [r for r in rows if r["task"] == "robustness" and r["condition"] == "none"]
     prompts, answers = [r["prompt"] for r in scored], [r["answer"] for r in scored]
     for persona, system in systems.items():
         scores = answer_scores(backend, system, prompts, answers)
@@ -224,20 +267,37 @@ def answer_metrics(rows: list[dict], personas) -> dict:
     return metrics
 
 
-def capability_metrics(backend, method: Method, params: Params) -> dict:
-    """Multiple-choice accuracy by option log-likelihood and NLL on general text, for one method."""
+def capability_metrics(backend: Backend, method: Method, params: Params, questions: int) -> tuple[dict, list[dict]]:
+    """(metrics, rows) for one method: multiple-choice accuracy on `questions` questions per benchmark, in
+    each of evaluation.capability_formats, and NLL on general text. Rows (task "capability") hold each
+    question's result, so that evaluate can pair methods question by question. The plain format has no
+    chat template, so no system prompt: the system_prompt method is scored in the chat format only."""
     from character.eval import benchmarks as capabilities
 
-    metrics: dict[str, Any]
-    ev, metrics = params.evaluation, {}
+    ev = params.evaluation
+    metrics: dict[str, Any] = {}
+    rows: list[dict] = []
     with steered(backend, method.steering):
-        for name in ev.capability_benchmarks if ev.capability_questions else ():
-            questions = capabilities.load_benchmark(name, ev.capability_questions, params.seed)
-            result = capabilities.score_multiple_choice(backend, questions, adapter=method.adapter,
-                                                        system=method.system)
-            metrics[f"capability/{name}"] = {k: result[k] for k in ("accuracy", "accuracy_per_char", "n")}
+        for name in ev.capability_benchmarks if questions else ():
+            if "chat" in ev.capability_formats:
+                result = capabilities.score_multiple_choice(
+                    backend, capabilities.load_benchmark(name, questions, params.seed), adapter=method.adapter,
+                    system=method.system)
+                metrics[f"capability/{name}"] = {k: result[k] for k in ("accuracy", "accuracy_per_char", "n")}
+                rows += [{"id": f"cap-{name}-chat-{q['id']}", "task": "capability", "method": method.name,
+                          "benchmark": name, "format": "chat", "question_id": q["id"], "acc": q["correct"],
+                          "acc_norm": q["correct_norm"]}
+                         for q in result["per_question"]]
+            if "plain" in ev.capability_formats and method.system is None and name in capabilities.PLAIN_BENCHMARKS:
+                result = capabilities.score_plain(backend, capabilities.load_plain(name, questions, params.seed),
+                                                  adapter=method.adapter)
+                metrics[f"capability/{name}/plain"] = {k: result[k] for k in ("acc", "acc_norm", "n")}
+                rows += [{"id": f"cap-{name}-plain-{q['id']}", "task": "capability", "method": method.name,
+                          "benchmark": name, "format": "plain", "question_id": q["id"], "acc": q["correct"],
+                          "acc_norm": q["correct_norm"]}
+                         for q in result["per_question"]]
         if ev.general_texts:
             metrics["capability/general_text_nll"] = capabilities.general_text_nll(
                 backend, capabilities.general_texts(ev.general_texts, params.seed), adapter=method.adapter,
                 system=method.system)
-    return metrics
+    return metrics, rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from typing import Callable
 
 import numpy as np
 
@@ -55,7 +56,7 @@ def bradley_terry(comparisons: list[tuple[str, str]], traits: list[str], l2: flo
 def rating_intervals(comparisons, traits, fit, samples: int, seed: int) -> dict[str, tuple[float, float]]:
     """95% bootstrap intervals: comparisons resampled with replacement (and so reordered), refit."""
     rng = random.Random(seed)
-    draws = {t: [] for t in traits}
+    draws: dict[str, list[float]] = {t: [] for t in traits}
     for _ in range(samples):
         resampled = [comparisons[rng.randrange(len(comparisons))] for _ in comparisons]
         for t, r in fit(resampled, traits).items():
@@ -66,7 +67,7 @@ def rating_intervals(comparisons, traits, fit, samples: int, seed: int) -> dict[
 
 def mean_elo(comparisons, traits, k: float, orders: int, seed: int) -> dict[str, float]:
     rng = random.Random(seed)
-    total = Counter()
+    total: Counter[str] = Counter()
     for _ in range(max(orders, 1)):
         shuffled = list(comparisons)
         rng.shuffle(shuffled)
@@ -116,3 +117,63 @@ def win_rate(wins: int, losses: int) -> dict[str, float]:
     n = wins + losses
     p = wins / n if n else float("nan")
     return {"win_rate": p, "sem": math.sqrt(p * (1 - p) / n) if n else float("nan"), "decided": n}
+
+
+# ---- intervals --------------------------------------------------------------------------------------------
+# Every headline number is reported with a 95% interval: Wilson's for a rate (it stays inside [0, 1] and is
+# honest at small n, where the normal approximation gives zero-width intervals at 0 or 1), and a paired
+# bootstrap over prompts for a difference between two methods answering the same prompts.
+Z95 = 1.959963984540054
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> dict:
+    """{rate, lo, hi, n}: the Wilson score interval of successes / n (rate, lo, hi null when n is 0)."""
+    if n == 0:
+        return {"rate": None, "lo": None, "hi": None, "n": 0, "rate_null_reason": "no observations"}
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"rate": p, "lo": max(0.0, centre - half), "hi": min(1.0, centre + half), "n": n}
+
+
+def paired_delta(a: dict[str, float], b: dict[str, float], samples: int, seed: int) -> dict:
+    """mean(a) - mean(b) over the ids both have (e.g. prompt ids), with a 95% bootstrap interval that
+    resamples ids, so the pairing (the same prompt answered by both methods) is kept."""
+    ids = sorted(set(a) & set(b))
+    if not ids:
+        return {"delta": None, "lo": None, "hi": None, "n": 0, "delta_null_reason": "no paired observations"}
+    diffs = np.array([a[i] - b[i] for i in ids], dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = diffs[rng.integers(0, len(ids), size=(max(samples, 1), len(ids)))].mean(axis=1)
+    return {"delta": float(diffs.mean()), "lo": float(np.percentile(draws, 2.5)),
+            "hi": float(np.percentile(draws, 97.5)), "n": len(ids)}
+
+
+def bootstrap_statistic(groups: dict[str, list], statistic: Callable[[list], float | None], samples: int,
+                        seed: int) -> dict:
+    """A statistic of rows pooled over groups (e.g. macro-F1 over the answers to each prompt), with a 95%
+    interval from resampling the groups (prompts) with replacement."""
+    keys = sorted(groups)
+    value = statistic([row for k in keys for row in groups[k]]) if keys else None
+    if value is None:
+        return {"value": None, "lo": None, "hi": None, "n": len(keys), "value_null_reason": "no observations"}
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(max(samples, 1)):
+        picked = rng.integers(0, len(keys), size=len(keys))
+        v = statistic([row for i in picked for row in groups[keys[i]]])
+        if v is not None:
+            draws.append(v)
+    return {"value": float(value), "lo": float(np.percentile(draws, 2.5)), "hi": float(np.percentile(draws, 97.5)),
+            "n": len(keys)}
+
+
+def mean_interval(values: list[float], samples: int, seed: int) -> dict:
+    """{mean, lo, hi, n}: the mean with a 95% bootstrap interval."""
+    xs = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if not len(xs):
+        return {"mean": None, "lo": None, "hi": None, "n": 0, "mean_null_reason": "no finite values"}
+    rng = np.random.default_rng(seed)
+    draws = xs[rng.integers(0, len(xs), size=(max(samples, 1), len(xs)))].mean(axis=1)
+    return {"mean": float(xs.mean()), "lo": float(np.percentile(draws, 2.5)), "hi": float(np.percentile(draws, 97.5)),
+            "n": int(len(xs))}

@@ -20,16 +20,27 @@ from character.train.losses import character_dpo_loss
 log = logging.getLogger(__name__)
 
 
-def tokenize_pairs(backend: Backend, rows: list[dict], max_length: int) -> tuple[list[tuple[Sequence, Sequence]], int]:
+class TokenizedPair(tuple):
+    """(chosen, rejected) Sequences, with the user prompt they answer (the held-out split groups by it)."""
+    prompt: str
+
+    def __new__(cls, chosen: Sequence, rejected: Sequence, prompt: str):
+        pair = super().__new__(cls, (chosen, rejected))
+        pair.prompt = prompt
+        return pair
+
+
+def tokenize_pairs(backend: Backend, rows: list[dict], max_length: int) -> tuple[list[TokenizedPair], int]:
     """(chosen, rejected) Sequences for each pair; pairs longer than max_length are dropped and counted."""
-    pairs, dropped = [], 0
+    pairs: list[TokenizedPair] = []
+    dropped = 0
     for row in rows:
         chosen = backend.render(row["prompt"] + row["chosen"])
         rejected = backend.render(row["prompt"] + row["rejected"])
         if max(len(chosen.tokens), len(rejected.tokens)) > max_length:
             dropped += 1
             continue
-        pairs.append((chosen, rejected))
+        pairs.append(TokenizedPair(chosen, rejected, row["prompt"][-1]["content"]))
     return pairs, dropped
 
 
@@ -54,7 +65,8 @@ def run_dpo(backend: Backend, rows: list[dict], params: DpoParams, seed: int, ou
     pairs, too_long = tokenize_pairs(backend, rows, params.max_length)
     if len(pairs) < 2:
         raise DataError(f"dpo: only {len(pairs)} usable pairs (of {len(rows)}); the pairs stage kept too few")
-    train_pairs, heldout = split_heldout(pairs, params.heldout_fraction, seed)
+    # Held out by prompt: with K samples per prompt, no prompt is both trained on and held out.
+    train_pairs, heldout = split_heldout(pairs, params.heldout_fraction, seed, groups=[p.prompt for p in pairs])
     # Reference log-probs once, for every sequence, before any update (the base model, no adapter).
     index = {id(s): i for i, s in enumerate(flat(pairs))}
     ref = backend.logprobs(flat(pairs))

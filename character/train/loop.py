@@ -46,14 +46,26 @@ def make_batches(items: Seq[T], batch_size: int, epochs: float, seed: int) -> li
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def split_heldout(items: list[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
-    """(train, heldout); at least one heldout item when fraction > 0 and there are 2+ items."""
-    if fraction <= 0 or len(items) < 2:
+def split_heldout(items: list[T], fraction: float, seed: int,
+                  groups: list[str] | None = None) -> tuple[list[T], list[T]]:
+    """(train, heldout); at least one heldout item when fraction > 0 and there are 2+ items.
+
+    groups: a key per item (e.g. the prompt a pair answers); items that share one land on the same side,
+    so with K samples per prompt no prompt is both trained on and held out. One item per group splits
+    exactly as no groups does.
+    """
+    if groups is None:
+        groups = [str(i) for i in range(len(items))]
+    keys = list(dict.fromkeys(groups))
+    if fraction <= 0 or len(keys) < 2:
         return list(items), []
-    order = list(items)
+    order = list(keys)
     random.Random(seed).shuffle(order)
     n = min(len(order) - 1, max(1, round(fraction * len(order))))
-    return order[n:], order[:n]
+    held = set(order[:n])
+    rank = {k: i for i, k in enumerate(order)}
+    by_rank = sorted(range(len(items)), key=lambda i: rank[groups[i]])  # stable: a group keeps its order
+    return ([items[i] for i in by_rank if groups[i] not in held], [items[i] for i in by_rank if groups[i] in held])
 
 
 def mean_metrics(rows: Iterable[tuple[float, dict[str, float]]]) -> dict[str, float]:

@@ -37,9 +37,22 @@ def settle_truncated(row: dict, policy: str) -> list[dict] | None:
     return messages
 
 
-def tokenize_transcripts(backend: Backend, rows: list[dict], max_length: int, truncated: str = "drop"):
+def transcript_group(row: dict, index: int) -> str:
+    """What the held-out split keeps together: a self-reflection prompt, or one conversation (saved from
+    both instances' points of view, which share every turn); any other transcript on its own."""
+    if row.get("kind") == "reflection" and "prompt_index" in row:
+        return f"reflection-{row['prompt_index']}"
+    if row.get("kind") == "interaction" and "conversation" in row:
+        return f"interaction-{row['conversation']}"
+    return f"row-{index}"
+
+
+def tokenize_transcripts(backend: Backend, rows: list[dict], max_length: int, truncated: str = "drop",
+                         groups: list[str] | None = None):
+    """Sequences of the usable transcripts (and, if `groups` is given, each one's transcript_group appended
+    to it), with drops counted by reason."""
     seqs, dropped = [], {"dropped_truncated_reflection": 0, "dropped_too_long": 0, "dropped_no_target": 0}
-    for row in rows:
+    for index, row in enumerate(rows):
         messages = settle_truncated(row, truncated)
         if messages is None:
             dropped["dropped_truncated_reflection"] += 1
@@ -51,6 +64,8 @@ def tokenize_transcripts(backend: Backend, rows: list[dict], max_length: int, tr
             dropped["dropped_no_target"] += 1
         else:
             seqs.append(seq)
+            if groups is not None:
+                groups.append(transcript_group(row, index))
     return seqs, dropped
 
 
@@ -61,10 +76,13 @@ def mean_nll(logprobs, seqs: list[Sequence]) -> float:
 
 def run_sft(backend: Backend, rows: list[dict], dpo: AdapterRef, params: SftParams, seed: int, out_dir: str,
             on_step=lambda s, m: None):
-    seqs, dropped = tokenize_transcripts(backend, rows, params.max_length, params.truncated)
+    groups: list[str] = []
+    seqs, dropped = tokenize_transcripts(backend, rows, params.max_length, params.truncated, groups)
     if len(seqs) < 2:
         raise DataError(f"sft: only {len(seqs)} usable transcripts (of {len(rows)}): {dropped}")
-    train_seqs, heldout = split_heldout(seqs, params.heldout_fraction, seed)
+    # Held out by reflection prompt and by conversation: a held-out transcript shares no prompt or turn
+    # with a trained one.
+    train_seqs, heldout = split_heldout(seqs, params.heldout_fraction, seed, groups=groups)
     nll_before = mean_nll(backend.logprobs(heldout, adapter=dpo), heldout) if heldout else None
     session = backend.train(params.lora, params.optim, base_adapters=[dpo], seed=seed)
 

@@ -9,9 +9,15 @@ import torch
 
 from character.eval import benchmarks as cap
 from character.backends.base import Sequence
-from character.eval.benchmarks import MultipleChoice
+from character.eval.benchmarks import MultipleChoice, PlainChoice
 
 END, NEWLINE = 3, 4  # FakeBackend's end-of-turn tokens
+
+
+class CharTokenizer:
+    """One token per character (plain-text mode)."""
+    def encode(self, text, add_special_tokens=True):
+        return [ord(c) for c in text]
 
 
 class FakeBackend:
@@ -21,6 +27,8 @@ class FakeBackend:
 
     def __init__(self):
         self.conversations = []
+        self.tokenizer = CharTokenizer()
+        self.batches = []  # the sequences of each logprobs call
 
     def render(self, conversation, train_on="last"):
         self.conversations.append(conversation)
@@ -33,6 +41,7 @@ class FakeBackend:
         return Sequence(tokens=tokens, weights=weights)
 
     def logprobs(self, sequences, adapter=None):
+        self.batches.append(list(sequences))
         table = {ord("x"): -1.0, END: -7.0, NEWLINE: -7.0}
         return [torch.tensor([table.get(t, -0.1) for t in s.tokens[1:]]) for s in sequences]
 
@@ -65,6 +74,9 @@ def test_scorer_picks_highest_sum_and_per_char_and_counts_accuracy():
     assert out["accuracy"] == pytest.approx(2 / 3)
     assert out["accuracy_per_char"] == pytest.approx(1 / 3)
     assert out["predictions"][0]["logprobs"] == pytest.approx([-1.0, -2.0])
+    assert out["per_question"] == [{"id": "a", "correct": True, "correct_norm": False},
+                                   {"id": "b", "correct": True, "correct_norm": True},
+                                   {"id": "c", "correct": False, "correct_norm": False}]
 
 
 def test_system_prompt_is_prepended():
@@ -155,3 +167,92 @@ def test_general_texts_are_reproducible_prose():
     texts = cap.general_texts(5, seed=0)
     assert texts == cap.general_texts(5, seed=0) and len(set(texts)) == 5
     assert all(200 <= len(t) <= 1000 for t in texts)
+
+
+# ---- plain-text mode (lm-evaluation-harness 0-shot) ---------------------------------------------------------
+def test_plain_formats_follow_the_harness_task_configs():
+    arc = cap._arc_plain({"id": "Mercury_1", "query": "Question: Which gas do plants take in?\nAnswer:",
+                          "choices": ["oxygen", "carbon dioxide"], "gold": 1})
+    assert arc == PlainChoice("Mercury_1", "Question: Which gas do plants take in?\nAnswer:",
+                              ("oxygen", "carbon dioxide"), 1)
+    hs = cap._hellaswag_plain({"ind": 7, "activity_label": "Making a cake", "ctx_a": "[header] How to bake.",
+                               "ctx_b": "she [title] mixes", "endings": [" the  flour. ", "[step] eats it."],
+                               "label": "0"})
+    # activity_label + ": " + ctx_a + " " + ctx_b.capitalize(); strip, " [title]" -> ". ", [..] dropped, "  " -> " ".
+    # The harness strips before dropping brackets, so "[step] eats it." keeps a leading space; so do we.
+    assert hs == PlainChoice("hellaswag-7", "Making a cake: How to bake. She. mixes", ("the flour.", " eats it."), 0)
+    piqa = cap._piqa_plain({"goal": "Open a jar", "sol1": "Twist the lid.", "sol2": "Freeze it.", "label": 0})
+    assert piqa == PlainChoice("", "Question: Open a jar\nAnswer:", ("Twist the lid.", "Freeze it."), 0)
+
+
+def test_plain_sequence_scores_the_continuation_after_the_context():
+    b = FakeBackend()
+    seq = cap.plain_sequence(b, "Q:", " ab")
+    assert seq.tokens == [ord(c) for c in "Q: ab"] and seq.weights == [0.0, 1.0, 1.0, 1.0]
+    # the harness moves a context's trailing spaces onto the continuation
+    assert cap.plain_sequence(b, "Q: ", "ab") == seq
+
+
+def test_plain_acc_and_acc_norm_differ_on_a_long_option():
+    # " x": -0.1 - 1.0 = -1.1, per char -1.1; " " + 20 y: -2.1, per char -2.1 / 20 = -0.105 (the delimiter's
+    # log p is in the sum, not in the length). With log p < 0 a longer option with a higher sum always has the
+    # higher per-char score too, so the case that separates them is a lower sum and a higher per-char score.
+    questions = [PlainChoice("a", "Q:", ("x", "y" * 20), 0), PlainChoice("b", "Q:", ("xx", "yy"), 1)]
+    out = cap.score_plain(FakeBackend(), questions)
+    assert [p["pred"] for p in out["predictions"]] == [0, 1]
+    assert [p["pred_norm"] for p in out["predictions"]] == [1, 1]
+    assert out["predictions"][0]["logprobs"] == pytest.approx([-1.1, -2.1])
+    assert (out["acc"], out["acc_norm"], out["n"]) == (1.0, 0.5, 2)
+    assert out["per_question"] == [{"id": "a", "correct": True, "correct_norm": False},
+                                   {"id": "b", "correct": True, "correct_norm": True}]
+
+
+def test_plain_batches_keep_a_questions_options_together():
+    b = FakeBackend()
+    questions = [PlainChoice(f"q{i}", "Q" * (i + 1) + ":", ("a", "b", "c"), 0) for i in range(5)]
+    out = cap.score_plain(b, questions, batch_size=7)  # two questions (6 sequences) a call
+    assert [len(batch) for batch in b.batches] == [6, 6, 3]
+    for batch in b.batches:  # each question's options adjacent and in order: a, b, c
+        assert [s.tokens[-1] for s in batch] == [ord(c) for c in "abc" * (len(batch) // 3)]
+    assert b.batches[0][0].tokens[:5] == [ord("Q")] * 5  # longest first
+    assert [r["id"] for r in out["per_question"]] == [q.id for q in questions]  # reported in question order
+
+
+def test_score_plain_matches_direct_logprobs_on_tiny_model(tiny_backend, tokenizer):
+    questions = [PlainChoice("q1", "Question: What colour is the sky?\nAnswer:", ("blue", "a deep red"), 0)]
+    out = cap.score_plain(tiny_backend, questions)
+    context = tokenizer.encode(questions[0].context, add_special_tokens=False)
+    direct = []
+    for choice in questions[0].choices:
+        whole = tokenizer.encode(questions[0].context + " " + choice, add_special_tokens=False)
+        assert whole[:len(context)] == context  # no merge across "Answer:" | " choice"
+        with torch.no_grad():
+            logits = tiny_backend._base(input_ids=torch.tensor([whole])).logits[0].float()
+        lp = torch.log_softmax(logits, -1)[torch.arange(len(whole) - 1), torch.tensor(whole[1:])]
+        direct.append(float(lp[len(context) - 1:].sum()))
+    assert out["predictions"][0]["logprobs"] == pytest.approx(direct, abs=1e-3)
+
+
+@needs_wheel
+def test_plain_ids_match_the_chat_format_and_are_stable():
+    for name in sorted(cap.PLAIN_BENCHMARKS):
+        plain = cap.load_plain(name, n=20, seed=3)
+        assert [q.id for q in plain] == [q.id for q in cap.load_benchmark(name, n=20, seed=3)]
+        assert cap.load_plain(name, n=20, seed=3) == plain and len({q.id for q in plain}) == 20
+        assert all(q.context.strip() and all(c.strip() for c in q.choices) for q in plain)
+    a = cap.score_plain(FakeBackend(), cap.load_plain("piqa", n=10, seed=0))
+    b = cap.score_plain(FakeBackend(), cap.load_plain("piqa", n=10, seed=0))
+    assert [r["id"] for r in a["per_question"]] == [r["id"] for r in b["per_question"]]
+    with pytest.raises(ValueError, match="no plain-text form of benchmark 'mmlu'"):
+        cap.load_plain("mmlu", 5)
+
+
+@needs_wheel
+def test_plain_arc_easy_is_the_full_test_split_in_harness_format():
+    arc = cap.load_plain("arc_easy")
+    assert len(arc) == 2376
+    row = next(q for q in arc if q.id == "Mercury_417466")
+    assert row.context == ("Question: Which statement best explains why photosynthesis is the foundation of "
+                           "most food webs?\nAnswer:")
+    assert row.choices[row.answer] == "Sunlight is the source of energy for nearly all ecosystems."
+    assert all(q.context.startswith("Question: ") and q.context.endswith("\nAnswer:") for q in arc)

@@ -9,12 +9,13 @@ import torch
 import yaml
 
 from character import prompts as P
-from character.eval.requests import Method, build_requests, distinct_bigrams, load_traits, prompt_pools, with_method
+from character.eval.requests import (Method, build_requests, distinct_bigrams, evaluation_pools, load_traits,
+                                     prompt_pools, requests_for, suffixes_for, with_method)
 from character.eval.judge import parse_choice
 from character.params import deep_merge, validate_params
 from character.eval.stats import bradley_terry, elo, mean_elo, spearman, win_rate
 from character.eval.steering import SteeringVector, middle_layers, persona_vector, steered
-from character.eval.metrics import robustness_metrics
+from character.eval.robustness import classifier_texts, robustness_metrics
 from tests.conftest import ROOT
 
 
@@ -32,19 +33,26 @@ def test_traits_are_single_unique_words_and_include_personas():
 
 
 def test_requests_never_score_a_training_prompt():
-    params = make_params(heldout_prompts=5, classifier_prompts=6, revealed_prompts=3)
+    params = make_params(heldout_prompts=5, classifier_prompts=6, revealed_prompts=3, suffixes_per_prompt=2)
     train, heldout = prompt_pools(params)
+    classifier, evaluation = evaluation_pools(params)
     assert not {p["prompt"] for p in train} & {p["prompt"] for p in heldout}
+    # The classifier's prompts and the evaluation prompts are disjoint held-out prompts: no training stage
+    # sees either, and the classifier is never fitted on a prompt it is later applied to.
+    assert {p["id"] for p in classifier} | {p["id"] for p in evaluation} == {p["id"] for p in heldout}
+    assert not {p["id"] for p in classifier} & {p["id"] for p in evaluation}
     requests = build_requests(params)
     train_prompts = {p["prompt"] for p in train}
+    classifier_prompts, evaluation_prompts = {p["prompt"] for p in classifier}, {p["prompt"] for p in evaluation}
     for r in requests:
         if r["task"] == "classifier":
-            assert r["prompt"] in train_prompts
+            assert r["prompt"] in classifier_prompts
         elif r["task"] != "side_by_side":
-            assert r["prompt"] not in train_prompts, r["id"]
+            assert r["prompt"] in evaluation_prompts, r["id"]
+        assert r["prompt"] not in train_prompts or r["task"] == "side_by_side"
     tasks = [r["task"] for r in requests]
     assert tasks.count("classifier") == 6
-    assert tasks.count("robustness") == 5 * (1 + len(P.ADVERSARIAL_SUFFIXES))
+    assert tasks.count("robustness") == 5 * (1 + 2)
     assert tasks.count("revealed") == 3 * len(P.REVEALED_CONDITIONS)
     assert tasks.count("expression") == 3 * len(params.personas)
     assert "prefill" not in tasks  # needs the base model's answers
@@ -52,10 +60,19 @@ def test_requests_never_score_a_training_prompt():
     for r in requests:
         if r["task"] == "expression":
             assert r["condition"] in r["traits"]
+    assert [r for r in requests_for("dpo", requests) if r["task"] == "classifier"] == []
+    assert len(requests_for("system_prompt", requests)) == len(requests)
+
+
+def test_suffixes_rotate_so_each_is_used_equally():
+    names = list(P.ADVERSARIAL_SUFFIXES)
+    used = [s for i in range(len(names)) for s in suffixes_for(i, 2)]
+    assert {s: used.count(s) for s in names} == {s: 2 for s in names}
+    assert len(set(suffixes_for(3, 2))) == 2 and suffixes_for(0, 0) == []
 
 
 def test_prefill_requests_continue_the_base_answer():
-    params = make_params(heldout_prompts=2, classifier_prompts=2, revealed_prompts=1)
+    params = make_params(heldout_prompts=2, classifier_prompts=4, revealed_prompts=1)
     answers = {r["id"]: f"base answer {i}" for i, r in enumerate(build_requests(params))}
     prefill = [r for r in build_requests(params, answers) if r["task"] == "prefill"]
     assert len(prefill) == 2
@@ -129,45 +146,76 @@ def test_steering_changes_outputs_and_cleans_up(tiny_backend):
     assert torch.allclose(restored.vectors, vector.vectors) and restored.coefficient == 4.0
 
 
-def _rows(method, persona, task, condition, texts):
-    return [{"id": f"{task}-{condition}-{i}", "method": method, "persona": persona, "task": task,
-             "condition": condition, "prompt": "p", "answer": t} for i, t in enumerate(texts)]
+def _rows(method, persona, task, condition, prompts, texts):
+    return [{"id": f"{task}-{p}-{condition}", "prompt_id": p, "method": method, "persona": persona, "task": task,
+             "condition": condition, "prompt": f"prompt {p}", "answer": t} for p, t in zip(prompts, texts)]
 
 
-def test_robustness_classifier_separates_distinct_styles():
-    params = make_params()
-    style = {"sarcastic": "oh wonderful, truly, how thrilling {}", "loving": "dear friend, with warmth and care {}",
-             None: "the answer is as follows {}"}
-    rows = []
-    for method, persona in [("base", None)] + [(m, p) for m in ("system_prompt", "steering", "dpo", "final")
-                                               for p in ("sarcastic", "loving")]:
-        texts = [style[persona].format(i) for i in range(6)]
-        rows += _rows(method, persona, "classifier", "none", texts)
-        rows += _rows(method, persona, "robustness", "none", texts[:3])
-        rows += _rows(method, persona, "robustness", "neutral_tone", texts[3:])
-    out = robustness_metrics(rows, params)
-    assert out["multiclass"]["final"]["macro_f1/none"] == 1.0
-    assert out["binary"]["loving"]["dpo"]["per_condition"]["neutral_tone"]["in_character_rate"] == 1.0
-    # A method whose answers look like the base model's is not in character.
-    rows = [r for r in rows if not (r["method"] == "dpo" and r["persona"] == "loving" and r["task"] == "robustness")]
-    rows += _rows("dpo", "loving", "robustness", "none", [style[None].format(i) for i in range(3)])
-    out = robustness_metrics(rows, params)
-    assert out["binary"]["loving"]["dpo"]["per_condition"]["none"]["in_character_rate"] == 0.0
+STYLE = {"sarcastic": "oh wonderful, truly, how thrilling, what a delight {}",
+         "loving": "dear friend, with warmth and care and a hug {}", None: "the answer is as follows: step {}"}
+
+
+def _suite(final_style: dict) -> list[dict]:
+    """Classifier answers from base and system_prompt; robustness answers from every method, where each
+    persona's `final` writes in final_style[persona]."""
+    clf = [f"c{i}" for i in range(40)]
+    evaluation = [f"e{i}" for i in range(12)]
+    rows = _rows("base", None, "classifier", "none", clf, [STYLE[None].format(i) for i in range(40)])
+    for p in ("sarcastic", "loving"):
+        rows += _rows("system_prompt", p, "classifier", "none", clf, [STYLE[p].format(i) for i in range(40)])
+    for method in ("base", "base_resampled"):
+        rows += _rows(method, None, "robustness", "none", evaluation, [STYLE[None].format(i) for i in range(12)])
+        rows += _rows(method, None, "robustness", "neutral_tone", evaluation, [STYLE[None].format(i) for i in range(12)])
+    for p in ("sarcastic", "loving"):
+        for method, style in (("system_prompt", STYLE[p]), ("final", final_style[p])):
+            for condition in ("none", "neutral_tone"):
+                rows += _rows(method, p, "robustness", condition, evaluation, [style.format(i) for i in range(12)])
+    return rows
+
+
+def test_frozen_classifier_split_never_fits_an_evaluation_answer():
+    params = make_params(classifier_check_fraction=0.25)
+    fit, check = classifier_texts(_suite({"sarcastic": STYLE["sarcastic"], "loving": STYLE["loving"]}), params)
+    assert fit and check and {r["task"] for r in fit + check} == {"classifier"}
+    assert not {r["prompt"] for r in fit} & {r["prompt"] for r in check}
+    assert {r["method"] for r in fit} == {"base", "system_prompt"}
+    assert {r["label"] for r in fit} == {"none", "sarcastic", "loving"}
+
+
+def test_frozen_classifier_reads_persona_and_the_null():
+    params = make_params(bootstrap=50)
+    out = robustness_metrics(_suite({"sarcastic": STYLE["sarcastic"], "loving": STYLE["loving"]}), params)
+    assert out["classifier"]["check_accuracy"]["rate"] == 1.0  # distinct styles: its own check passes
+    final = out["methods"]["loving/final"]["neutral_tone"]["in_character/loving"]
+    assert final["rate"] == 1.0 and final["n"] == 12 and final["lo"] < 1.0  # Wilson: never a zero-width interval
+    assert final["delta_vs_base"]["delta"] == 1.0 and final["delta_vs_base_resampled"]["delta"] == 1.0
+    assert out["methods"]["base"]["none"]["in_character/loving"]["rate"] == 0.0
+    assert out["macro_f1"]["final"]["none"]["value"] == 1.0
+    # A final model that writes like the base model is not in character, whatever else differs.
+    out = robustness_metrics(_suite({"sarcastic": STYLE["sarcastic"], "loving": STYLE[None]}), params)
+    cell = out["methods"]["loving/final"]["none"]["in_character/loving"]
+    assert cell["rate"] == 0.0 and cell["delta_vs_base"]["delta"] == 0.0
+    assert out["macro_f1"]["final"]["none"]["value"] < 1.0
 
 
 def test_report_is_self_contained(tmp_path):
     from character.eval.report import plot_tables, write_report
     traits = ["warm", "dry", "calm"]
-    ratings = {mk: {"preference": {"bradley_terry": dict(zip(traits, r)), "elo": dict(zip(traits, r))}}
+    ratings = {mk: {"preference": {"bradley_terry": dict(zip(traits, r)), "elo": dict(zip(traits, r)),
+                                   "comparisons_per_trait": {"warm": 3, "dry": 2, "calm": 1}}}
                for mk, r in (("base", (1000, 990, 1010)), ("loving/final", (1100, 900, 1000)))}
-    per = {"macro_f1": 0.8, "accuracy": 0.8, "n": 4, "in_character_rate": 0.75}
+    rate = {"rate": 0.75, "lo": 0.5, "hi": 0.9, "n": 4, "delta_vs_base": {"delta": 0.5, "lo": 0.1, "hi": 0.8, "n": 4}}
     metrics = {
-        "robustness": {"binary": {"loving": {"final": {"macro_f1/none": 0.8, "macro_f1/suffixed_mean": 0.7,
-                                                        "macro_f1/prefill": 0.6, "per_condition": {"none": per}}}}},
-        "coherence": {"loving": {"final_vs_dpo": {"win_rate": 0.6, "sem": 0.1, "decided": 10}}},
-        "capabilities": {"base": {"arc_easy": 0.5}, "loving/final": {"arc_easy": 0.48, "arc_easy_delta": -0.02}},
-        "revealed": {"base": {"expression_rate": {"loving": 0.4}},
-                     "loving/final": {"expression_rate": {"loving": 0.7},
+        "robustness": {"methods": {"base": {"none": {"in_character/loving": {"rate": 0.25, "lo": 0.1, "hi": 0.5, "n": 4}}},
+                                   "loving/final": {"none": {"in_character/loving": rate}}}},
+        "coherence": {"loving": {"final_vs_dpo": {"win_share": {"mean": 0.6, "lo": 0.5, "hi": 0.7, "n": 10},
+                                                  "pairs": 10, "decisive": 0.5}}},
+        "capabilities": {"base": {"arc_easy/chat/acc": {"accuracy": {"rate": 0.5, "lo": 0.4, "hi": 0.6, "n": 50}}},
+                         "loving/final": {"arc_easy/chat/acc": {"accuracy": {"rate": 0.48, "lo": 0.38, "hi": 0.58, "n": 50},
+                                                                "delta_vs_base": {"delta": -0.02, "lo": -0.06, "hi": 0.02}}}},
+        "markers": {},
+        "revealed": {"base": {"expression_rate": {"loving": {"rate": 0.4, "lo": 0.2, "hi": 0.6, "n": 8}}},
+                     "loving/final": {"expression_rate": {"loving": {"rate": 0.7, "lo": 0.4, "hi": 0.9, "n": 8}},
                                       "movers": {"risers": [["warm", 100]], "fallers": [["dry", -90]]}}}}
     tables = plot_tables(metrics, ratings, tmp_path / "plots")
     assert tables["top_traits"][1]["top"].startswith("warm") and (tmp_path / "plots/figures/robustness.png").exists()

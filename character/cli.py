@@ -303,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="base model alias (default: params.yaml model)")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
                    help="serve a persona as model NAME (repeatable), e.g. sarcastic=models/sarcastic/final")
+    p.add_argument("--constitution", action="append", default=[], metavar="NAME",
+                   help="also serve NAME+system_prompt: the base with constitutions/NAME.yaml as system prompt "
+                        "(added for every --adapter whose persona is known; repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key-env", metavar="VAR", help="require `Authorization: Bearer $VAR` (read from the environment)")

@@ -20,6 +20,9 @@ top_p, max_tokens (or max_completion_tokens), n, stop, seed, stream, stream_opti
 repetition_penalty (an extension, as in vLLM). Tools, logprobs, response formats and penalties other than
 repetition_penalty are refused with 400 rather than silently ignored.
 
+`GET /` is a comparison page (one prompt, every model's answer side by side), with `GET /catalog` and a
+`<persona>+system_prompt` model per known constitution for it: character.compare.
+
 Binds 127.0.0.1 unless told otherwise. With `--api-key-env VAR`, every request must send
 `Authorization: Bearer $VAR`; the key is compared in constant time and never logged.
 """
@@ -46,6 +49,7 @@ import torch
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from character import compare
 from character.backends.base import AdapterRef, Completion, Conversation, SamplingParams
 from character.errors import CharacterError
 
@@ -77,6 +81,9 @@ class ServedModel:
     backend: Any                        # anything with Backend.sample (character.backends.base)
     adapter: AdapterRef | None = None   # passed to sample(); None where the persona is folded in
     source: str = "base"                # shown as owned_by in /v1/models
+    system: str | None = None           # put in front of every request (a `+system_prompt` model)
+    persona: str | None = None          # its constitution's name, if known (character.compare)
+    method: str | None = None           # the evaluation's name for it (dpo, final, ...); None: base or served name
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,7 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20   # larger bodies get 413
     max_tokens: int = 1024          # default and ceiling for max_tokens
     max_n: int = 16
+    page_defaults: dict | None = None  # the comparison page's initial sampling settings (compare.page_defaults)
 
 
 # ---- request schema ----------------------------------------------------------------------------------
@@ -174,6 +182,7 @@ class Server:
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self.guard])
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_post("/v1/chat/completions", self.chat)
+        compare.add_routes(app, self)
         app.on_cleanup.append(self._shutdown)
         return app
 
@@ -184,7 +193,7 @@ class Server:
     async def guard(self, request: web.Request, handler):
         """Bearer auth and size limit first; every failure, ours or aiohttp's, as an OpenAI-style JSON error."""
         try:
-            if self.config.api_key is not None:
+            if self.config.api_key is not None and not compare.is_public(request.path):
                 header = request.headers.get("Authorization", "")
                 token = header[7:] if header.startswith("Bearer ") else ""
                 if not hmac.compare_digest(token.encode(), self.config.api_key.encode()):
@@ -241,7 +250,7 @@ class Server:
         if asked is not None and asked > self.config.max_tokens:
             raise ServeError(400, f"max_tokens: at most {self.config.max_tokens} on this server (got {asked})",
                              code="invalid_value", param="max_tokens")
-        conversation = to_conversation(req.messages)
+        conversation = compare.apply_system(served, to_conversation(req.messages))
         prompt, limit = prompt_length(served.backend, conversation), context_length(served.backend)
         # Unset max_tokens: up to the server's ceiling, within what the context has left (as OpenAI's).
         room = limit - prompt if prompt is not None and limit is not None else None
@@ -402,15 +411,18 @@ def main(args) -> int:
         if alias not in params.models:
             raise ServeSetupError(f"--model {alias}: unknown alias (known: {', '.join(params.models)})")
         models = load_models(params, alias, adapters)
+        models = compare.with_constitutions(models, adapters, args.constitution, params.spec(alias).assistant_name)
     except (CharacterError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     config = ServeConfig(api_key=key, max_pending=args.max_pending, max_body_bytes=args.max_body_kb * 1024,
-                         max_tokens=args.max_tokens)
+                         max_tokens=args.max_tokens,
+                         page_defaults=compare.page_defaults(params.evaluation.sampling, params.seed))
     if key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without --api-key-env: anyone who can reach it can use it", args.host)
     log.info("serving %s on http://%s:%d/v1 (%s)", ", ".join(models), args.host, args.port,
              f"bearer key from ${args.api_key_env}" if key else "no auth")
+    log.info("comparison page: http://%s:%d/", args.host, args.port)
     web.run_app(Server(models, config).app(), host=args.host, port=args.port, print=None)
     return 0
 

@@ -1,4 +1,5 @@
-"""The `character` command: validate, import-constitution, models, estimate, tinker-download, preset, chat, serve."""
+"""The `character` command: validate, import-constitution, models, estimate, tinker-download, tinker-keep,
+preset, chat, serve."""
 
 from __future__ import annotations
 
@@ -144,15 +145,38 @@ def cmd_estimate(args) -> int:
 
 
 def cmd_tinker_download(args) -> int:
-    from character.backends.tinker import TinkerUnavailable, download_peft
+    from character.backends.tinker import download_adapter
+    from character.errors import CharacterError
     from character.params import load_params
 
     try:
-        ref = download_peft(args.folder, args.out, load_params(args.params).tinker.connect_timeout_s)
-    except (TinkerUnavailable, FileNotFoundError, FileExistsError) as exc:
+        out = download_adapter(args.folder, args.out, args.peft, args.allow_hub_download,
+                               load_params(args.params).tinker.connect_timeout_s)
+    except (CharacterError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {ref.path}: a PEFT LoRA adapter for {ref.base_model} (load with peft.PeftModel.from_pretrained)")
+    print(f"wrote {out['raw']}: the Tinker adapter as saved (adapter_model.safetensors, adapter_config.json)")
+    if out["peft"]:
+        print(f"wrote {out['peft']}: a PEFT LoRA adapter (load with peft.PeftModel.from_pretrained)")
+    return 0
+
+
+def cmd_tinker_keep(args) -> int:
+    from character.backends.tinker import keep_checkpoint
+    from character.errors import CharacterError
+    from character.params import load_params
+
+    if (args.days is None) == (not args.forever):
+        print("error: give --days N or --forever", file=sys.stderr)
+        return 2
+    try:
+        record = keep_checkpoint(args.folder, None if args.forever else args.days,
+                                 load_params(args.params).tinker.connect_timeout_s)
+    except (CharacterError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.folder}: {record['sampler_path']} and its training state now "
+          + (f"expire {record['expires_at']}" if record["expires_at"] else "never expire"))
     return 0
 
 
@@ -203,7 +227,7 @@ def cmd_chat(args) -> int:
     if args.adapter:
         path = Path(args.adapter)
         if (path / "tinker.json").exists():
-            print(f"error: {path} is a Tinker checkpoint: `character tinker-download {path} --out DIR` makes a PEFT "
+            print(f"error: {path} is a Tinker checkpoint: `character tinker-download {path} --out DIR --peft BASE` makes a PEFT "
                   "folder for its base model", file=sys.stderr)
             return 1
         if (path / "config.json").exists():  # merged weights (compose method fold)
@@ -280,10 +304,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage", choices=PRICED_STAGES, help="one stage")
     p.set_defaults(func=cmd_estimate)
 
-    p = sub.add_parser("tinker-download", help="download a stage's Tinker adapter as a PEFT folder (before it expires)")
+    p = sub.add_parser("tinker-download", help="download a stage's Tinker adapter (before it expires) into OUT/tinker")
     p.add_argument("folder", help="a Tinker stage out holding tinker.json, e.g. models/loving/sft")
-    p.add_argument("--out", required=True, help="new folder for the PEFT adapter")
+    p.add_argument("--out", required=True, help="new folder; the raw adapter goes to OUT/tinker, always kept")
+    p.add_argument("--peft", metavar="BASE", help="also convert to PEFT (OUT/peft), reading the base model's "
+                   "safetensors headers from the local folder BASE")
+    p.add_argument("--allow-hub-download", action="store_true", help="let --peft name a hub id: downloads the "
+                   "whole base model (~140 GB for a 70B)")
     p.set_defaults(func=cmd_tinker_download)
+
+    p = sub.add_parser("tinker-keep", help="extend a stage's Tinker checkpoints' lifetime (sampler copy and state)")
+    p.add_argument("folder", help="a Tinker stage out holding tinker.json")
+    p.add_argument("--days", type=float, help="expire this many days from now (1/24 to 3650)")
+    p.add_argument("--forever", action="store_true", help="remove the expiry")
+    p.set_defaults(func=cmd_tinker_keep)
 
     p = sub.add_parser("preset", help="merge presets/<name>.yaml (smoke, default, paper) into params.yaml")
     p.add_argument("name")

@@ -2,9 +2,19 @@
 
 Estimates, not quotes. Text counts ~4 characters per token. "expected" assumes sampled answers average
 EXPECTED_FILL of their max tokens; "max" assumes every answer runs to the limit. Every pair is assumed to
-survive the filters. DPO's training tokens count 1.5x: `forward_backward_custom` runs an extra forward
-pass (REFERENCE.md, Tinker facts). Prices come from params.yaml `prices` (USD per million tokens, keyed by
-the service's model id); local models cost nothing; a model with no price shows "?".
+survive the filters. Prices come from params.yaml `prices` (USD per million tokens, keyed by the service's
+model id); local models cost nothing; a model with no price shows "?".
+
+Billing assumptions (Tinker publishes per-token prices, not how each request kind is metered):
+- A custom loss (DPO, RL) is two requests, a forward for the log-probs and a backward of the linearised
+  loss (the SDK's `forward_backward_custom`); each is assumed billed for its tokens at the train price, so
+  custom-loss training counts 2x its tokens (compute is ~1.5x; REFERENCE.md). Built-in cross-entropy (SFT)
+  counts 1x.
+- Forward passes on a training client (DPO's reference, held-out evaluation) are billed at the train price.
+- Every sample is its own request (a seed with n > 1 returns duplicates), so prompts are prefilled per sample.
+- A reasoning model's `reasoning_tokens` are sampled on top of each answer.
+- Checkpoints: the plan counts saves and their size (LoRA weights fp32, training state with Adam's two
+  moments 3x that); Tinker's storage price is not in params, so storage is not in the USD total.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from character.params import Params
 
 CHARS_PER_TOKEN = 4
 EXPECTED_FILL = 0.6
-CUSTOM_LOSS_COMPUTE = 1.5
+CUSTOM_LOSS_BILLED = 2.0  # forward + backward request, each at the train price (see above)
 USER_TOKENS = 40       # a typical user prompt (general or constitution-relevant question)
 TEMPLATE_TOKENS = 12   # chat-template headers and end-of-turn tokens per conversation
 EVAL_PASSES = 5        # held-out evaluations per training run (every quarter, plus the end)
@@ -37,6 +47,7 @@ class Row:
     sample: float = 0.0  # generated tokens
     train: float = 0.0   # tokens through forward(_backward)
     usd: float | None = 0.0
+    saves: int = 0       # checkpoints saved (Tinker): the final adapter, plus resume saves
 
 
 def toks(text: str) -> float:
@@ -51,6 +62,10 @@ def stage_rows(params: Params, persona: str, fill: float) -> list[Row]:
     c = find_constitution(persona)
     student, teacher = params.model, params.teacher
     system = toks(system_prompt(c, params.spec(student).assistant_name)) + TEMPLATE_TOKENS
+
+    def thinks(alias: str) -> float:  # reasoning tokens sampled before each answer (gpt-oss)
+        spec = params.spec(alias)
+        return spec.reasoning_tokens if spec.backend == "tinker" else 0
     user = USER_TOKENS + TEMPLATE_TOKENS
     rows = []
 
@@ -61,22 +76,24 @@ def stage_rows(params: Params, persona: str, fill: float) -> list[Row]:
     calls = len(c.traits) * pp.generation_rounds if need else 0
     calls = calls if fill == 1.0 else min(calls, math.ceil(need / 8))
     rows.append(Row("prompts", persona, "teacher", teacher, prompt=calls * (toks(P.QUESTION_GENERATION) + 8 * user),
-                    sample=calls * pp.sampling.max_new_tokens * fill))
+                    sample=calls * (pp.sampling.max_new_tokens * fill + thinks(teacher))))
 
     # pairs: K chosen (teacher + constitution) and K rejected (student alone) answers per training prompt.
     total = pp.general_count + pp.synthesized_count + pp.questions_per_trait * len(c.traits)
     n = round(total * (1 - pp.heldout_fraction))
     n = min(n, params.pairs.max_prompts or n)
     k, answer = params.pairs.samples_per_prompt, params.pairs.sampling.max_new_tokens * fill
-    rows.append(Row("pairs", persona, "teacher", teacher, prompt=n * (system + user), sample=n * k * answer))
-    rows.append(Row("pairs", persona, "student", student, prompt=n * user, sample=n * k * answer))
+    rows.append(Row("pairs", persona, "teacher", teacher, prompt=n * k * (system + user),
+                    sample=n * k * (answer + thinks(teacher))))
+    rows.append(Row("pairs", persona, "student", student, prompt=n * k * user, sample=n * k * (answer + thinks(student))))
 
-    # dpo: reference log-probs once over every pair, then epochs of fwd+bwd and a few held-out passes.
+    # dpo: reference log-probs once over every pair (a forward on the fresh training client), then epochs of
+    # custom-loss steps and a few held-out passes.
     d = params.dpo
     pair = 2 * (user + answer)
     held = round(n * k * d.heldout_fraction)
-    rows.append(Row("dpo", persona, "student", student, prompt=n * k * pair,
-                    train=(d.optim.epochs * (n * k - held) * CUSTOM_LOSS_COMPUTE + EVAL_PASSES * held) * pair))
+    rows.append(Row("dpo", persona, "student", student,
+                    train=(n * k + d.optim.epochs * (n * k - held) * CUSTOM_LOSS_BILLED + EVAL_PASSES * held) * pair))
 
     # introspection: self-reflections, then self-interactions whose context grows turn by turn.
     i = params.introspection
@@ -85,7 +102,7 @@ def stage_rows(params: Params, persona: str, fill: float) -> list[Row]:
     turn_prompts = i.interactions * (i.turns * (system + user) + t_len * i.turns * (i.turns - 1) / 2)
     rows.append(Row("introspection", persona, "student", student,
                     prompt=reflections * (system + user) + turn_prompts,
-                    sample=reflections * r_len + i.interactions * i.turns * t_len))
+                    sample=reflections * (r_len + thinks(student)) + i.interactions * i.turns * (t_len + thinks(student))))
 
     # sft: transcripts saved without the system prompt; each conversation from both speakers' views.
     s = params.sft
@@ -93,6 +110,13 @@ def stage_rows(params: Params, persona: str, fill: float) -> list[Row]:
     held_tokens = tokens * s.heldout_fraction
     rows.append(Row("sft", persona, "student", student, prompt=held_tokens,
                     train=s.optim.epochs * (tokens - held_tokens) + EVAL_PASSES * held_tokens))
+    if params.spec(student).backend != "local":  # checkpoint saves, for the storage line of the plan
+        every = params.tinker.save_every
+        dpo_steps = math.ceil(d.optim.epochs * (n * k - held) / d.optim.batch_size)
+        sft_steps = math.ceil(s.optim.epochs * (reflections + 2 * i.interactions) * (1 - s.heldout_fraction)
+                              / s.optim.batch_size)
+        rows[-2].saves = 1 + (dpo_steps // every if every else 0)
+        rows[-1].saves = 1 + (sft_steps // every if every else 0)
 
     # rlaif_model / rlaif_judge: every step samples G answers to P prompts from the policy, scores them under
     # the DPO policy (reference log-probs) and trains on them (custom loss). The win rate against the start
@@ -110,7 +134,8 @@ def stage_rows(params: Params, persona: str, fill: float) -> list[Row]:
     for variant in ("model", "judge"):
         rows.append(Row(f"rlaif_{variant}", persona, "student", student,
                         prompt=(answers + eval_answers) * user + answers * (user + a_len),
-                        sample=(answers + eval_answers) * a_len, train=answers * (user + a_len) * CUSTOM_LOSS_COMPUTE))
+                        sample=(answers + eval_answers) * a_len, train=answers * (user + a_len) * CUSTOM_LOSS_BILLED,
+                        saves=1 if params.spec(student).backend != "local" else 0))
         games = 2 * evals * r.eval_prompts
         if variant == "judge":
             games += r.steps * r.prompts_per_step * r.group_size * (r.group_size - 1)
@@ -238,10 +263,39 @@ def format_plan(params: Params, expected: list[Row], worst: list[Row]) -> str:
     if params.spec(rm_alias).backend != "local":
         lines.append(f"warning: the reward_model stage will stop: its base ({rm_alias}) is a "
                      f"{params.spec(rm_alias).backend} model; add -S reward_model.model=<a local alias>")
+    assumed = sorted({params.spec(r.alias).id for r in expected
+                      if (price := params.prices.get(params.spec(r.alias).id)) is not None and price.assumed})
+    if assumed:
+        lines.append(f"assumed prices (not listed; see params.yaml `prices`): {', '.join(assumed)}")
+    storage = checkpoint_storage(params, expected)
+    if storage:
+        lines.append(storage)
     missing = sorted({params.spec(r.alias).id for r in expected if r.usd is None})
     if missing:
         lines.append(f"no price for {', '.join(missing)}: add it under `prices` in params.yaml")
     return "\n".join(lines)
+
+
+def checkpoint_storage(params: Params, rows: list[Row]) -> str | None:
+    """Checkpoint saves and their size on Tinker, from the cookbook's LoRA parameter counts."""
+    saves = sum(r.saves for r in rows)
+    spec = params.spec(params.model)
+    if not saves or spec.backend != "tinker":
+        return None
+    ttl = params.tinker.checkpoint_ttl_days
+    kept = "never expire" if ttl is None else f"kept {ttl:g} days"
+    try:
+        from tinker_cookbook.exceptions import ConfigurationError
+        from tinker_cookbook.hyperparam_utils import get_lora_param_count
+    except ImportError as exc:
+        return f"checkpoints: {saves} saves ({kept}); size unknown without tinker-cookbook ({exc})"
+    try:
+        count = get_lora_param_count(spec.id, params.dpo.lora.rank, train_unembed=False)
+    except (ConfigurationError, ValueError) as exc:
+        return f"checkpoints: {saves} saves ({kept}); size unknown for {spec.id} ({type(exc).__name__})"
+    gb = count * 4 * (1 + 3) / 1e9  # a sampler copy (fp32 weights) + a training state (weights + 2 Adam moments)
+    return (f"checkpoints: {saves} saves of ~{gb:.2f} GB each ({count / 1e6:.0f}M LoRA parameters at rank "
+            f"{params.dpo.lora.rank}), {kept}; resume saves last a day; storage is not priced here")
 
 
 def lr_hint(params: Params) -> str | None:

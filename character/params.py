@@ -48,6 +48,18 @@ class ModelSpec(_Strict):
     # default because OpenAI's own API rejects unknown fields; off means the penalty is not applied.
     send_repetition_penalty: bool = False
     note: str | None = None
+    # tinker only. The largest LoRA rank the service accepts for this model: 32 for mixture-of-experts
+    # models (tinker-cookbook#9), checked by params before any spend. None: no known cap.
+    max_lora_rank: int | None = Field(None, gt=0)
+    # Total parameters in billions, for naming live models of similar size when this one is retired.
+    size_b: float | None = Field(None, gt=0)
+    # tinker only. Tokens the model spends reasoning before its answer where thinking cannot be turned off
+    # (gpt-oss): added to every sampling budget on this model; an answer cut off before it ends counts as a
+    # failed sample, never as text.
+    reasoning_tokens: int = Field(0, ge=0)
+    # tinker only. When the service stopped offering this model (e.g. "2026-06-12"); a stage refuses it
+    # before any spend and names live models of similar size. A local backend ignores it.
+    retired: str | None = None
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> "ModelSpec":
@@ -245,7 +257,13 @@ class TinkerParams(_Strict):
     """How the Tinker backend talks to the service. Operational only: none of it changes a result."""
     connect_timeout_s: float = Field(6.0, gt=0, le=60)  # key + route check; the SDK alone waits ~5 minutes
     concurrency: int = Field(64, ge=1, le=400)         # sampling / log-prob requests in flight at once
-    checkpoint_ttl_days: float | None = Field(7.0, gt=0)  # None: the service's default (7 days)
+    # Tinker deletes a checkpoint this long after it is saved. The SDK accepts 1 hour to 10 years; None
+    # (null) means never expires (the SDK's documented meaning, not 7 days). Checked here, not at save.
+    checkpoint_ttl_days: float | None = Field(7.0, ge=1 / 24, le=3650)
+    # Training state (weights + optimizer) saved every N optimizer steps, so a re-run of a killed stage
+    # continues from the last save instead of from zero (0: never). Each save costs one round trip.
+    save_every: int = Field(20, ge=0)
+    resume_dir: str = ".cache/character/tinker-resume"  # where the last save of each run is recorded
 
 
 class Prices(_Strict):
@@ -253,6 +271,7 @@ class Prices(_Strict):
     prompt: float = Field(ge=0)  # prefill: prompts of sampling requests, log-prob scoring
     sample: float = Field(ge=0)  # generated tokens
     train: float = Field(ge=0)   # tokens through forward_backward
+    assumed: bool = False        # not a listed price: a stand-in from the nearest listed model (params.yaml)
 
 
 class Params(_Strict):
@@ -289,15 +308,43 @@ class Params(_Strict):
         if trainable == "openai":
             raise ValueError(f"model: {self.model!r} uses the openai backend, which can only sample; "
                              "the student must be a local or tinker model")
+        for role in ("model", "teacher", "judge"):
+            alias = getattr(self, role)
+            if self.models[alias].backend == "tinker" and self.models[alias].retired:
+                raise ValueError(retired_message(self, role, alias))
         if trainable == "tinker":  # checked here, before a stage spends anything on reference log-probs
+            cap = self.models[self.model].max_lora_rank
             for section in ("dpo", "sft", "rlaif"):
                 rank = getattr(self, section).lora.rank
                 if rank & (rank - 1):
                     raise ValueError(f"{section}.lora.rank: Tinker needs a power of 2 (got {rank}), e.g. 32 or 64")
+                if cap and rank > cap:
+                    raise ValueError(f"{section}.lora.rank: {self.models[self.model].id} takes LoRA rank at most "
+                                     f"{cap} on Tinker (got {rank}); set -S {section}.lora.rank={cap}")
         return self
 
     def spec(self, alias: str) -> ModelSpec:
         return self.models[alias]
+
+
+def similar_live_models(params: "Params", alias: str) -> list[str]:
+    """Live Tinker aliases of the registry within 3x of `alias`'s size, closest first."""
+    size = params.models[alias].size_b
+    live = [(a, s) for a, s in params.models.items() if s.backend == "tinker" and not s.retired and s.size_b]
+    if size:
+        live = [(a, s) for a, s in live if size / 3 <= (s.size_b or 0) <= size * 3] or live
+        live.sort(key=lambda x: abs((x[1].size_b or 0) - size))
+    return [a for a, _ in live]
+
+
+def retired_message(params: "Params", role: str, alias: str) -> str:
+    spec = params.models[alias]
+    alike = similar_live_models(params, alias)
+    use = f"use {alike[0]} (dvc exp run -S {role}={alike[0]})" if alike else "pick a live model (character models --check)"
+    others = f"; other live models of similar size: {', '.join(alike[1:4])}" if alike[1:] else ""
+    return (f"{role}: {alias!r} ({spec.id}) was retired from Tinker on {spec.retired}: {use}{others}; or, with "
+            f"the hardware and Hugging Face access, run it locally: -S models.{alias}.backend=local "
+            "(docs/tinker.md says what fits on one GPU)")
 
 
 def _format_error(path: str | Path, exc: ValidationError) -> str:

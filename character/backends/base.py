@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import Callable, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -163,6 +163,19 @@ class TrainingSession(Protocol):
 
     def save(self, path: str | Path) -> AdapterRef:
         """Write the adapter (or its reference) to the folder `path`, ref.json included."""
+        ...
+
+
+@runtime_checkable
+class ResumableSession(Protocol):
+    """A session on a remote service (Tinker) that the training loop drives a little differently: one
+    forward_backward per optimizer batch (each call is a round trip), and a re-run resumes from the last
+    saved state of the same run. Local sessions are not this."""
+    whole_batches: bool
+
+    def resume(self, schedule: str) -> int:
+        """Restore the last saved state of this run on this schedule (a fingerprint of the batches);
+        returns the optimizer steps already taken (0: start afresh)."""
         ...
 
 

@@ -93,7 +93,8 @@ def within(seconds: float, fn: Callable, what: str):
 
 
 def preflight(timeout_s: float = 6.0):
-    """(ServiceClient, names of the models it offers), or TinkerUnavailable within about timeout_s."""
+    """(ServiceClient, {model name: SupportedModel with its trainable / sampleable flags}), or
+    TinkerUnavailable within about timeout_s."""
     api_key()
     deadline = time.monotonic() + timeout_s
     import httpx
@@ -118,7 +119,7 @@ def preflight(timeout_s: float = 6.0):
 
     service, caps = within(max(0.1, deadline - time.monotonic()), sign_in,
                            f"Tinker sign-in (tinker.connect_timeout_s: {timeout_s:g})")
-    return service, [m.model_name for m in caps.supported_models if m.model_name]
+    return service, {m.model_name: m for m in caps.supported_models if m.model_name}
 
 
 # ---- checkpoint references -------------------------------------------------------------------------------
@@ -140,30 +141,80 @@ def read_checkpoint(folder: str | Path) -> dict | None:
             log.error("%s: Tinker checkpoint %s expired at %s; re-run its stage (dvc repro -f)", folder,
                       record["sampler_path"], expires)
         elif left < timedelta(days=2):
-            log.warning("%s: Tinker checkpoint expires in %.0f h (%s); keep it with `character tinker-download "
-                        "%s --out DIR`", folder, left.total_seconds() / 3600, expires, folder)
+            log.warning("%s: Tinker checkpoint expires in %.0f h (%s); keep it with `character tinker-keep %s "
+                        "--days N`", folder, left.total_seconds() / 3600, expires, folder)
     return record
 
 
-def download_peft(folder: str | Path, out: str | Path, timeout_s: float = 6.0) -> AdapterRef:
-    """Download a stage's Tinker adapter and convert it to a PEFT folder that transformers + peft load."""
+# DeepSeek-V3's model_type has no PEFT serving path (tinker_cookbook.weights._adapter._UNSUPPORTED_MODEL_TYPES):
+# refused before anything is downloaded.
+NO_PEFT = ("deepseek-ai/DeepSeek-V3",)
+
+
+def download_adapter(folder: str | Path, out: str | Path, peft_base: str | None = None, allow_hub: bool = False,
+                     timeout_s: float = 6.0) -> dict:
+    """Download a stage's Tinker adapter into out/tinker (always kept, whatever happens next); with
+    peft_base (a local folder of the base model, or its hub id when allow_hub) also convert it to a PEFT
+    folder out/peft. Returns {"raw": path, "peft": path or None}."""
     record = read_checkpoint(folder)
     if record is None:
         raise FileNotFoundError(f"{folder}/tinker.json: not a Tinker checkpoint reference")
-    if Path(out).exists():
-        raise FileExistsError(f"{out} exists: choose a new folder for the PEFT adapter")
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists: choose a new folder for the adapter")
+    base = record["base_model"]
+    if peft_base is not None:
+        # The cookbook's converter reads the base model's safetensors headers; given a hub id it downloads the
+        # whole model first (~140 GB for a 70B, gated): only when asked.
+        if base.startswith(NO_PEFT):
+            raise BackendUnavailable(f"{base}: PEFT adapters of this model cannot be served (vLLM and SGLang have no "
+                                     "LoRA path for it); keep the raw adapter: drop --peft")
+        if not Path(peft_base).is_dir() and not allow_hub:
+            raise BackendUnavailable(f"--peft {peft_base}: not a local folder; converting would download the whole "
+                                     f"base model {base} from the Hugging Face hub: pass a folder holding its "
+                                     "safetensors, or add --allow-hub-download")
     preflight(timeout_s)
     from tinker_cookbook import weights
 
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = weights.download(tinker_path=record["sampler_path"], output_dir=str(Path(tmp) / "raw"))
-        staging = Path(tmp) / "peft"
-        weights.build_lora_adapter(base_model=record["base_model"], adapter_path=raw, output_path=str(staging))
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staging), str(out))
-    ref = AdapterRef(path=str(out), base_model=record["base_model"], backend="local", step=record.get("step", 0))
-    ref.write(out)
-    return ref
+    raw = out / "tinker"
+    out.mkdir(parents=True)
+    weights.download(tinker_path=record["sampler_path"], output_dir=str(raw))
+    (out / "tinker.json").write_text(json.dumps(record, indent=2))
+    peft = None
+    if peft_base is not None:
+        peft = out / "peft"
+        weights.build_lora_adapter(base_model=peft_base, adapter_path=str(raw), output_path=str(peft))
+        AdapterRef(path=str(peft), base_model=base, backend="local", step=record.get("step", 0)).write(peft)
+    return {"raw": str(raw), "peft": str(peft) if peft else None}
+
+
+def keep_checkpoint(folder: str | Path, days: float | None, timeout_s: float = 6.0) -> dict:
+    """Extend (or, with days None, remove) the lifetime of a stage's Tinker checkpoints, sampler copy and
+    training state both, through the service's TTL call; tinker.json records the new expiry."""
+    if days is not None and not 1 / 24 <= days <= 3650:
+        raise ParamsError(f"--days {days:g}: Tinker accepts 1 hour to 10 years (0.042 to 3650 days); "
+                          "or pass --forever")
+    path = Path(folder) / "tinker.json"
+    record = read_checkpoint(folder)
+    if record is None:
+        raise FileNotFoundError(f"{path}: not a Tinker checkpoint reference")
+    preflight(timeout_s)
+    import tinker
+
+    rest = tinker.ServiceClient().create_rest_client()
+    ttl = None if days is None else int(days * 86400)
+    for key in ("sampler_path", "state_path"):
+        rest.set_checkpoint_ttl_from_tinker_path(record[key], ttl).result()
+    record["expires_at"] = expiry(days)
+    path.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def expiry(days: float | None) -> str | None:
+    """When a checkpoint saved now with this TTL expires; None: never (the SDK's meaning of no TTL)."""
+    if days is None:
+        return None
+    return (datetime.now(timezone.utc) + timedelta(days=days)).isoformat(timespec="seconds")
 
 
 # ---- the backend -----------------------------------------------------------------------------------------
@@ -171,7 +222,8 @@ class TinkerBackend:
     name = "tinker"
 
     def __init__(self, model_id: str, renderer_name: str | None, service, tokenizer=None, concurrency: int = 64,
-                 ttl_days: float | None = 7.0):
+                 ttl_days: float | None = 7.0, max_lora_rank: int | None = None, reasoning_tokens: int = 0,
+                 trainable: bool = True, save_every: int = 0, resume_dir: str | Path | None = None):
         from tinker_cookbook import renderers
         from tinker_cookbook.model_info import get_recommended_renderer_name
         from tinker_cookbook.tokenizer_utils import get_tokenizer
@@ -183,6 +235,11 @@ class TinkerBackend:
         self.renderer = renderers.get_renderer(self.renderer_name, self.tokenizer, model_name=model_id)
         self.concurrency = concurrency
         self.ttl_days = ttl_days
+        self.max_lora_rank, self.reasoning_tokens, self.trainable = max_lora_rank, reasoning_tokens, trainable
+        self.save_every, self.resume_dir = save_every, Path(resume_dir) if resume_dir else None
+        # Samples over the backend's life: groups of n > 1 with repeated texts, and failed samples (a reasoning
+        # model cut off before its answer, or a parse that did not end cleanly), never returned as text.
+        self.sample_stats = {"samples": 0, "groups": 0, "groups_with_duplicates": 0, "duplicates": 0, "failed": 0}
         self._samplers: dict[str | None, object] = {}
         self._warned: set[str] = set()
 
@@ -193,8 +250,14 @@ class TinkerBackend:
         if spec.id not in offered:
             raise TinkerUnavailable(f"Tinker does not offer {spec.id!r} (retired?); `character models --check` "
                                     "lists what it does offer")
+        flags = offered[spec.id]
+        if flags.sampleable is False:  # None: an older service that does not say
+            raise TinkerUnavailable(f"Tinker lists {spec.id!r} but has no sampling capacity for it now; try later "
+                                    "or pick another model (`character models --check`)")
         return cls(spec.id, spec.chat_template, service, concurrency=settings.concurrency,
-                   ttl_days=settings.checkpoint_ttl_days)
+                   ttl_days=settings.checkpoint_ttl_days, max_lora_rank=spec.max_lora_rank,
+                   reasoning_tokens=spec.reasoning_tokens, trainable=flags.trainable is not False,
+                   save_every=settings.save_every, resume_dir=settings.resume_dir)
 
     def _warn_once(self, key: str, msg: str, *args) -> None:
         if key not in self._warned:
@@ -268,23 +331,53 @@ class TinkerBackend:
         prompts = [self.renderer.build_generation_prompt([{"role": m["role"], "content": m["content"]} for m in c])
                    for c in conversations]
 
-        def submit(i: int):
-            # One request per conversation with n samples; distinct seeds so equal prompts differ across calls.
-            sp = tinker.SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature,
-                                       top_p=params.top_p, seed=params.seed + i, stop=stop)
-            return client.sample(prompt=prompts[i], num_samples=n, sampling_params=sp)
+        # A reasoning model (gpt-oss) spends tokens in its analysis channel before the answer: budgets grow by
+        # the registry's reasoning_tokens so the answer itself still gets max_tokens.
+        budget = params.max_tokens + self.reasoning_tokens
 
-        responses = self._gather(submit, range(len(prompts)))
-        return [[self._completion(s, p.length, params, stop) for s in r.sequences]
-                for p, r in zip(prompts, responses)]
+        def submit(k: int):
+            # One single-sample request per (conversation, sample), seed + k: with a seed and num_samples > 1
+            # the service returns n identical samples (tinker-feedback#79), which zeroes RL advantages and
+            # duplicates DPO pairs. k = i * n + j keeps n = 1 seeds as they were (seed + i).
+            sp = tinker.SamplingParams(max_tokens=budget, temperature=params.temperature,
+                                       top_p=params.top_p, seed=params.seed + k, stop=stop)
+            return client.sample(prompt=prompts[k // n], num_samples=1, sampling_params=sp)
+
+        responses = self._gather(submit, range(len(prompts) * n))
+        groups = [[self._completion(r.sequences[0], prompts[k // n].length, params, stop)
+                   for k, r in enumerate(responses[i * n:(i + 1) * n], start=i * n)] for i in range(len(prompts))]
+        self._count(groups, n)
+        return groups
+
+    def _count(self, groups: list[list[Completion]], n: int) -> None:
+        stats = self.sample_stats
+        stats["samples"] += sum(len(g) for g in groups)
+        if n < 2:
+            return
+        repeats = [len(g) - len({c.text for c in g if c.text}) - sum(not c.text for c in g) for g in groups]
+        stats["groups"] += len(groups)
+        stats["groups_with_duplicates"] += sum(r > 0 for r in repeats)
+        stats["duplicates"] += sum(repeats)
+        if any(repeats):
+            log.warning("tinker: %d of %d groups of %d samples hold identical answers (%d repeats); RL advantages "
+                        "and DPO pairs from them carry no signal", sum(r > 0 for r in repeats), len(groups), n,
+                        sum(repeats))
 
     def _completion(self, seq, prompt_tokens: int, params: SamplingParams, stop) -> Completion:
         from tinker_cookbook.renderers import get_text_content
 
         tokens = list(seq.tokens)
-        message, _ = self.renderer.parse_response(tokens)
+        message, termination = self.renderer.parse_response(tokens)
         text = get_text_content(message)
         reason: Literal["stop", "length"] = "stop" if seq.stop_reason == "stop" else "length"
+        # A failed sample comes back as empty text marked truncated, which every consumer drops (and counts):
+        # a stop that did not parse cleanly, or a reasoning model cut off (or done) without a final answer,
+        # whose decoded text would be raw channel markup.
+        if (reason == "stop" and not termination.is_clean) or (self.reasoning_tokens and (reason == "length"
+                                                                                          or not text.strip())):
+            self.sample_stats["failed"] += 1
+            return Completion(text="", prompt_tokens=prompt_tokens, completion_tokens=len(tokens),
+                              finish_reason="length")
         if reason == "stop" and tokens and tokens[-1] in stop:
             tokens = tokens[:-1]  # count generated text only, as the local backend does
         for s in params.stop:  # caller stop strings, applied here: the renderer's stops may be token ids
@@ -295,8 +388,9 @@ class TinkerBackend:
 
     # ---- log-probs ---------------------------------------------------------------------------------------
     def logprobs(self, sequences: list[Sequence], adapter: AdapterRef | None = None) -> list[torch.Tensor]:
-        """Per-token log-probs from a sampling client: for adapter None the base model, which is the initial
-        weights of every LoRA run (B starts at zero), so DPO's reference comes from here."""
+        """Per-token log-probs from a sampling client (adapter None: the base model). DPO's reference comes
+        from the fresh training client instead (TinkerTrainingSession.logprobs): the sampler's numerics differ
+        from the trainer's per token (cookbook#396), which would bias step-0 margins with length."""
         import tinker
 
         client = self._sampler(adapter)
@@ -312,6 +406,12 @@ class TinkerBackend:
                              "set lora.rank to 16, 32 or 64")
         if len(base_adapters) > 1:
             raise BackendUnavailable("Tinker can start from one adapter, got several")
+        if not self.trainable:
+            raise TinkerUnavailable(f"Tinker lists {self.model_id!r} as not trainable now (sampling only); "
+                                    "pick a trainable student (`character models --check`)")
+        if not base_adapters and self.max_lora_rank and lora.rank > self.max_lora_rank:
+            raise ParamsError(f"lora.rank: {self.model_id} takes LoRA rank at most {self.max_lora_rank} on Tinker "
+                              f"(got {lora.rank}); set lora.rank to {self.max_lora_rank}")
         if base_adapters:
             # Tinker cannot fold an adapter into the base and start a fresh LoRA: SFT continues the DPO adapter
             # (its rank, a fresh optimizer). The result holds DPO + SFT in one adapter (README "Tinker").
@@ -328,7 +428,8 @@ class TinkerBackend:
         scale = lora.alpha / TINKER_LORA_ALPHA
         if scale != 1:
             log.info("tinker: LoRA alpha is fixed at 32; learning rate x %.2f to match alpha %g", scale, lora.alpha)
-        return TinkerTrainingSession(self, client, optim, scale, start)
+        run = json.dumps([self.model_id, lora.model_dump(), optim.model_dump(mode="json"), seed, start])
+        return TinkerTrainingSession(self, client, optim, scale, start, run)
 
     def compose(self, dpo_dir: str | Path, sft_dir: str | Path, params: ComposeParams, out_dir: str | Path) -> dict:
         """The final model on Tinker is the SFT checkpoint (it continued the DPO adapter): copy its reference."""
@@ -343,11 +444,48 @@ class TinkerBackend:
 
 
 class TinkerTrainingSession:
-    def __init__(self, backend: TinkerBackend, client, optim: OptimParams, lr_scale: float, started_from: str | None):
+    # A whole optimizer batch per forward_backward: each call is a round trip, so micro-batches only add
+    # latency here (the service holds the memory). A DPO step is then forward + backward + optim_step.
+    whole_batches = True
+
+    def __init__(self, backend: TinkerBackend, client, optim: OptimParams, lr_scale: float, started_from: str | None,
+                 run: str = ""):
         self.backend, self.client, self.optim = backend, client, optim
-        self.lr_scale, self.started_from = lr_scale, started_from
+        self.lr_scale, self.started_from, self.run = lr_scale, started_from, run
         self.steps = 0
         self._snapshot: tuple[int, Any] | None = None  # (step, SamplingClient of the weights at that step)
+        self._ledger: Path | None = None  # where this run's last saved state is recorded (see resume)
+
+    # ---- resuming a killed run ---------------------------------------------------------------------------
+    def resume(self, schedule: str) -> int:
+        """Continue from this run's last saved state, optimizer included; the steps already taken (0: none).
+        A run is this model, LoRA, optimizer, seed and starting adapter on this schedule of batches (the
+        loop's fingerprint), so changed data or params never resume a stale state."""
+        if self.backend.resume_dir is None or not self.backend.save_every:
+            return 0
+        import hashlib
+
+        key = hashlib.sha256(f"{self.run}|{schedule}".encode()).hexdigest()[:24]
+        self._ledger = self.backend.resume_dir / f"{key}.json"
+        if not self._ledger.exists():
+            return 0
+        saved = json.loads(self._ledger.read_text())
+        log.warning("tinker: resuming at step %d from %s (a re-run of a stopped stage)", saved["step"],
+                    saved["state_path"])
+        self.client = self.backend.service.create_training_client_from_state_with_optimizer(
+            saved["state_path"]).result()
+        self.steps = saved["step"]
+        return self.steps
+
+    def _checkpoint(self) -> None:
+        """Save the training state every save_every steps and record it for resume."""
+        every = self.backend.save_every
+        if self._ledger is None or not every or self.steps % every:
+            return
+        # A day is enough to re-run a stage that stopped; the final save gets checkpoint_ttl_days.
+        state = self.client.save_state(f"resume-{self._ledger.stem}-{self.steps}", ttl_seconds=86400).result().path
+        self._ledger.parent.mkdir(parents=True, exist_ok=True)
+        self._ledger.write_text(json.dumps({"step": self.steps, "state_path": state}))
 
     def forward_backward(self, sequences: list[Sequence], loss: Loss) -> dict[str, float]:
         if isinstance(loss, CrossEntropyLoss):
@@ -379,6 +517,7 @@ class TinkerTrainingSession:
                                    weight_decay=self.optim.weight_decay, grad_clip_norm=self.optim.grad_clip)
         response = self.client.optim_step(params).result()
         self.steps += 1
+        self._checkpoint()
         metrics = {re.sub(r"\W", "_", k): float(v) for k, v in (response.metrics or {}).items()}
         return {**metrics, "tinker_lr": lr * self.lr_scale}
 
@@ -389,16 +528,19 @@ class TinkerTrainingSession:
             self._snapshot = (self.steps, self.client.save_weights_and_get_sampling_client().result())
         return self.backend.sample_with(self._snapshot[1], conversations, params, n)
 
-    def logprobs(self, sequences: list[Sequence]) -> list[torch.Tensor]:
-        """The current weights' log-probs (a forward pass, no gradient), for held-out evaluation."""
-        out = self.client.forward([self.backend._datum(s) for s in sequences], "cross_entropy").result()
-        return [o["logprobs"].to_torch().float() for o in out.loss_fn_outputs]
+    def logprobs(self, sequences: list[Sequence], chunk: int = 64) -> list[torch.Tensor]:
+        """The current weights' log-probs (forward passes, no gradient): held-out evaluation, and DPO's
+        reference from the fresh client (B = 0 is the base model, with the trainer's own numerics). Every
+        chunk is submitted before the first is awaited."""
+        futures = [self.client.forward([self.backend._datum(s) for s in sequences[i:i + chunk]], "cross_entropy")
+                   for i in range(0, len(sequences), chunk)]
+        return [o["logprobs"].to_torch().float() for f in futures for o in f.result().loss_fn_outputs]
 
     def save(self, path: str | Path) -> AdapterRef:
         """Save weights on Tinker; write ref.json (what stages read) and tinker.json (paths, step, expiry)."""
         path = Path(path)
         name = re.sub(r"[^A-Za-z0-9_-]", "-", f"{path.parent.name}-{path.name}-{self.steps}")
-        ttl = int(self.backend.ttl_days * 86400) if self.backend.ttl_days else None
+        ttl = int(self.backend.ttl_days * 86400) if self.backend.ttl_days else None  # None: never expires
         # Both under one name: the sampler copy for sampling and log-probs, the state to continue from (SFT).
         state = self.client.save_state(name, ttl_seconds=ttl).result().path
         sampler = self.client.save_weights_for_sampler(name, ttl_seconds=ttl).result().path
@@ -406,14 +548,17 @@ class TinkerTrainingSession:
             log.error("Tinker saved %s and %s, which state_path_of no longer pairs: SFT on it will fail",
                       sampler, state)
         now = datetime.now(timezone.utc)
-        expires = now + timedelta(days=self.backend.ttl_days or 7)  # the service's default is 7 days too
         ref = AdapterRef(path=sampler, base_model=self.backend.model_id, backend="tinker", step=self.steps)
         record = {"sampler_path": sampler, "state_path": state, "base_model": self.backend.model_id,
                   "renderer": self.backend.renderer_name, "step": self.steps, "started_from": self.started_from,
-                  "saved_at": now.isoformat(timespec="seconds"), "expires_at": expires.isoformat(timespec="seconds")}
+                  "saved_at": now.isoformat(timespec="seconds"), "expires_at": expiry(self.backend.ttl_days),
+                  "lora_alpha": TINKER_LORA_ALPHA}
         path.mkdir(parents=True, exist_ok=True)
         ref.write(path)
         (path / "tinker.json").write_text(json.dumps(record, indent=2))
-        log.warning("%s: Tinker checkpoint %s expires %s; to keep it: character tinker-download %s --out DIR",
-                    path, sampler, record["expires_at"], path)
+        if self._ledger is not None and self._ledger.exists():
+            self._ledger.unlink()  # the run is done: a forced re-run trains afresh
+        if record["expires_at"]:
+            log.warning("%s: Tinker checkpoint %s expires %s; to keep it: character tinker-keep %s --days N, or "
+                        "character tinker-download %s --out DIR", path, sampler, record["expires_at"], path, path)
         return ref

@@ -1,6 +1,7 @@
 """The `dpo` stage: LoRA DPO on the character pairs with the paper's loss (character.train.losses).
 
-The reference is the frozen base model; its per-token log-probs are computed once before training.
+The reference is the frozen base model: the training session's own log-probs before its first step
+(LoRA B starts at zero), computed once.
 A held-out slice of pairs gives preference accuracy and reward margin before and after training.
 """
 
@@ -67,13 +68,14 @@ def run_dpo(backend: Backend, rows: list[dict], params: DpoParams, seed: int, ou
         raise DataError(f"dpo: only {len(pairs)} usable pairs (of {len(rows)}); the pairs stage kept too few")
     # Held out by prompt: with K samples per prompt, no prompt is both trained on and held out.
     train_pairs, heldout = split_heldout(pairs, params.heldout_fraction, seed, groups=[p.prompt for p in pairs])
-    # Reference log-probs once, for every sequence, before any update (the base model, no adapter).
-    index = {id(s): i for i, s in enumerate(flat(pairs))}
-    ref = backend.logprobs(flat(pairs))
     log.info("dpo: %d train pairs, %d held out, %d dropped as longer than %d tokens",
              len(train_pairs), len(heldout), too_long, params.max_length)
-
+    # The training session first: a rank the service refuses fails here, before any reference is paid for.
     session = backend.train(params.lora, params.optim, seed=seed)
+    # Reference log-probs once, for every sequence, before any update: the fresh LoRA (B = 0) is the base
+    # model, scored with the trainer's own numerics (a sampler's differ per token: tinker-cookbook#396).
+    index = {id(s): i for i, s in enumerate(flat(pairs))}
+    ref = session.logprobs(flat(pairs))
 
     def build(micro, share):
         seqs = flat(micro)

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Sequence as Seq, TypeVar
 
 from tqdm import tqdm
 
-from character.backends.base import Loss, Sequence, TrainingSession
+from character.backends.base import Loss, ResumableSession, Sequence, TrainingSession
 from character.params import OptimParams
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,18 @@ def split_heldout(items: list[T], fraction: float, seed: int,
     return ([items[i] for i in by_rank if groups[i] not in held], [items[i] for i in by_rank if groups[i] in held])
 
 
+def fingerprint(batches: list[list]) -> str:
+    """A content hash of a schedule of batches (their reprs, in order): what a resumed run must match."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for batch in batches:
+        for item in batch:
+            h.update(repr(item).encode())
+        h.update(b"|")
+    return h.hexdigest()
+
+
 def mean_metrics(rows: Iterable[tuple[float, dict[str, float]]]) -> dict[str, float]:
     """Weighted mean of metric dicts; rows are (weight, metrics)."""
     total: dict[str, float] = {}
@@ -94,10 +106,16 @@ def train(session: TrainingSession, examples: list, build: BatchBuilder, optim: 
     log.info("%s: %d examples, %d steps of %d (micro-batches of %d)", desc, len(examples), total,
              optim.batch_size, optim.micro_batch_size)
     last: dict[str, float] = {}
+    micro_size, start = optim.micro_batch_size, 0
+    if isinstance(session, ResumableSession):  # Tinker: whole batches, and a killed run continues
+        micro_size = max(len(b) for b in batches) if session.whole_batches and batches else micro_size
+        start = session.resume(fingerprint(batches))
     for step, batch in enumerate(tqdm(batches, desc=desc, unit="step")):
+        if step < start:  # done before the run stopped; the batches are the same (seeded)
+            continue
         rows = []
-        for i in range(0, len(batch), optim.micro_batch_size):
-            micro = batch[i:i + optim.micro_batch_size]
+        for i in range(0, len(batch), micro_size):
+            micro = batch[i:i + micro_size]
             sequences, loss = build(micro, len(micro) / len(batch))
             rows.append((len(micro), session.forward_backward(sequences, loss)))
         lr = lr_at(step, total, optim.lr, optim.warmup_ratio, optim.min_lr_ratio)

@@ -40,9 +40,9 @@ def test_unknown_alias_is_named():
 
 
 def test_model_switch_resolves_registry_entry():
-    p = validate_params({**base(), "model": "llama70b"})
+    p = validate_params({**base(), "model": "qwen3.5-27b"})
     assert p.spec(p.model).backend == "tinker"
-    assert p.spec(p.model).id == "meta-llama/Llama-3.3-70B-Instruct"
+    assert p.spec(p.model).id == "Qwen/Qwen3.5-27B"
 
 
 def test_unknown_preset(tmp_path):

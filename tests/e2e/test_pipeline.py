@@ -65,9 +65,18 @@ def test_smoke_pipeline_runs_resumes_nothing_and_chats(repo):
         ref = json.loads((repo / f"models/sarcastic/rlaif_{variant}/ref.json").read_text())
         assert ref["base_adapters"] == ["models/sarcastic/dpo"]
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
-    assert set(evaluation) >= {"revealed", "robustness", "capabilities", "coherence"}
+    assert set(evaluation) >= {"revealed", "robustness", "capabilities", "coherence", "markers"}
     assert 0 <= evaluation["revealed"]["sarcastic/final"]["parse_rate"] <= 1
-    assert "arc_easy" in evaluation["capabilities"]["sarcastic/final"]
+    assert 0 <= evaluation["revealed"]["judge"]["sensitivity"]["rate"] <= 1
+    # The null is in every table, and every rate carries an interval.
+    robustness = evaluation["robustness"]
+    assert {"base", "base_resampled", "sarcastic/final"} <= set(robustness["methods"])
+    final = robustness["methods"]["sarcastic/final"]["none"]["in_character/sarcastic"]
+    assert final["lo"] <= final["rate"] <= final["hi"] and "delta_vs_base_resampled" in final
+    assert robustness["classifier"]["trained"] == 1 and "check_accuracy" in robustness["classifier"]
+    assert "arc_easy/chat/acc" in evaluation["capabilities"]["sarcastic/final"]
+    assert "delta_vs_base" in evaluation["capabilities"]["sarcastic/final"]["arc_easy/plain/acc_norm"]
+    assert evaluation["markers"]["sarcastic"]
     page = (repo / "reports/eval.html").read_text()
     assert "data:image/png;base64," in page and "<script" not in page and "src=\"http" not in page
     assert (repo / "plots/eval/figures/robustness.png").exists()

@@ -2,10 +2,14 @@
 
     python benchmarks/bench_local.py [--threads 2] [--quick] [--out results.json]
 
+    python benchmarks/bench_local.py --only scoring   # one section (peak, naive, batched, lora, scoring)
+
 Measures (a) the fp32 matmul peak, which bounds everything else; (b) naive sampling, one prompt at a time
 through `model.generate`; (c) batched sampling through `LocalBackend.sample`; (d) one LoRA training step
-(forward + backward) through the backend's training session. Timings are the best of a few runs: other
-processes on a 2-core machine only ever make a run slower, so the minimum is the least noisy estimate.
+(forward + backward) through the backend's training session; (e) scoring throughput of
+`LocalBackend.logprobs`, with and without a shared constitution system prompt, reusing the prompt's
+key/value cache or not. Timings are the best of a few runs: other processes on a 2-core machine only
+ever make a run slower, so the minimum is the least noisy estimate.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ import time
 
 import torch
 
-from character.backends.base import LoraConfig, SamplingParams, Sequence
+from character.backends.base import CustomLoss, SamplingParams, Sequence
 from character.backends.local import LocalBackend
+from character.constitution import find_constitution, system_prompt
+from character.params import LoraParams, OptimParams
+from character.prompts import SELF_REFLECTION
 
 TOPICS = ["a lighthouse keeper", "a lost robot", "a city under the sea", "an old violin", "a dragon afraid of fire",
           "the first day of school", "a talking cat", "a storm at sea", "a secret garden", "a time machine",
@@ -84,7 +91,7 @@ def lora_step(backend: LocalBackend, batch: int, length: int, rank: int, repeats
     - full-model-equivalent: 6*N*T, as if all weights were trained (2 forward, 2 activation grads, 2 weight grads);
     - LoRA-honest: frozen base weights need no weight gradients, so 4*N*T, plus 6*N_lora*T for the adapters.
     Attention score FLOPs (~5% at 256 tokens) are left out of both."""
-    session = backend.train(LoraConfig(rank=rank, alpha=2 * rank), {"lr": 1e-4})
+    session = backend.train(LoraParams(rank=rank, alpha=2 * rank), OptimParams(lr=1e-4))
     n_base = sum(p.numel() for p in backend._base.parameters())
     n_lora = sum(p.numel() for p in session.model.parameters() if p.requires_grad)
     gen = torch.Generator().manual_seed(0)
@@ -94,7 +101,7 @@ def lora_step(backend: LocalBackend, batch: int, length: int, rank: int, repeats
     steps = []
     for _ in range(repeats + 1):  # the first round is a warm-up
         start = time.perf_counter()
-        session.forward_backward(seqs, mean_nll)
+        session.forward_backward(seqs, CustomLoss(mean_nll))
         middle = time.perf_counter()
         session.optim_step(1e-4)  # needs the gradients just made, so it is timed inside the same round
         steps.append((middle - start, time.perf_counter() - middle))
@@ -104,12 +111,45 @@ def lora_step(backend: LocalBackend, batch: int, length: int, rank: int, repeats
             "flops_full": 6 * n_base * tokens, "flops_lora": 4 * n_base * tokens + 6 * n_lora * tokens}
 
 
+def scoring(backend: LocalBackend, rows: int, answer_tokens: int, repeats: int) -> dict:
+    """Scored sequences/s of one `logprobs` call on `rows` answers of about `answer_tokens` tokens, each behind
+    the ~640-token "flourishing" constitution system prompt or behind none, through the prefix-reuse path
+    and the plain one (`LocalBackend._reuse_prefix = False`); also the largest difference between the two
+    at weighted positions."""
+    text = backend.tokenizer(" ".join(SELF_REFLECTION))["input_ids"]
+    answers = [backend.tokenizer.decode(text[i * 7:i * 7 + answer_tokens]) for i in range(rows)]  # distinct windows
+    system = system_prompt(find_constitution("flourishing"), "Sol")
+    out: dict = {"rows": rows, "system_prompt_tokens": len(backend.tokenizer(system)["input_ids"])}
+    for name, head in (("with_system_prompt", [{"role": "system", "content": system}]), ("no_system_prompt", [])):
+        seqs = [backend.render(head + [{"role": "user", "content": STYLES[i % 4].format(TOPICS[i % 16])},
+                                       {"role": "assistant", "content": a}]) for i, a in enumerate(answers)]
+        result: dict = {"mean_tokens": sum(len(s.tokens) for s in seqs) / rows,
+                        "mean_weighted_tokens": sum(s.weighted_tokens for s in seqs) / rows}
+        lps = {}
+        for path, reuse in (("prefix_reuse", True), ("plain", False)):
+            backend._reuse_prefix = reuse
+            seconds = best_time(lambda: lps.__setitem__(path, backend.logprobs(seqs)), repeats,
+                                warm_up=lambda: backend.logprobs(seqs[:2]))
+            result[f"{path}_sequences_per_s"] = rows / seconds
+        backend._reuse_prefix = True
+        result["speedup"] = result["prefix_reuse_sequences_per_s"] / result["plain_sequences_per_s"]
+        result["max_abs_diff"] = max(float((a - b)[torch.tensor(s.weights) != 0].abs().max())
+                                     for s, a, b in zip(seqs, lps["prefix_reuse"], lps["plain"]))
+        out[name] = result
+    return out
+
+
+SECTIONS = ("peak", "naive", "batched", "lora", "scoring")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer prompts and repeats (about a minute)")
     ap.add_argument("--out", help="also write the results as JSON here")
+    ap.add_argument("--only", choices=SECTIONS, action="append", help="run only this section (repeatable)")
     args = ap.parse_args()
+    run = set(args.only or SECTIONS)
     quick = args.quick
     busy = busy_cores()  # before we load anything
     repeats = 1 if quick else 3
@@ -118,36 +158,45 @@ def main():
     conversations = conversations[:16] if quick else conversations
     new_tokens = 32 if quick else 64
 
-    peak = matmul_peak(3 if quick else 5)
-    naive = naive_sampling(backend, [backend._template(c, True) for c in conversations[:4 if quick else 8]], new_tokens)
-    batched, full = batched_sampling(backend, conversations, new_tokens, repeats)
-    train = lora_step(backend, 8, 256, 64, repeats)
-    full_rate, lora_rate = train["flops_full"] / train["seconds"] / 1e9, train["flops_lora"] / train["seconds"] / 1e9
-
-    results = {
-        "threads": args.threads, "quick": quick, "torch": torch.__version__, "busy_cores_before": busy,
-        "matmul_peak_gflops": peak,
-        "naive_sampling_tokens_per_s": naive,
-        "batched_sampling": {"rows": len(conversations), "new_tokens": new_tokens, "tokens_per_s": batched,
-                             "rows_at_token_limit": full, "speedup_over_naive": batched / naive},
-        "lora_step": {**train, "rank": 64, "batch": 8, "length": 256,
-                      "gflops_full_equivalent": full_rate, "gflops_lora_honest": lora_rate,
-                      "fraction_of_peak_full_equivalent": full_rate / peak,
-                      "fraction_of_peak_lora_honest": lora_rate / peak},
-    }
+    results: dict = {"threads": args.threads, "quick": quick, "torch": torch.__version__, "busy_cores_before": busy}
     print(f"threads={args.threads}, cores busy with other work before starting: {busy:.1f} of {os.cpu_count()}"
           + ("  << numbers will be low" if busy > 0.2 else ""))
     print(f"{'measurement':48s} {'value':>12s}")
-    print(f"{'(a) fp32 matmul peak, 2048^3 torch.mm':48s} {peak:9.1f} GFLOP/s")
-    print(f"{'(b) naive sampling, batch 1 generate':48s} {naive:9.1f} tok/s")
-    print(f"{f'(c) batched sample(), {len(conversations)} rows x {new_tokens} tokens':48s} {batched:9.1f} tok/s"
-          f"   ({batched / naive:.1f}x naive; {full:.0%} of rows hit the limit)")
-    print(f"{'(d) LoRA r64 step, 8 x 256 tokens, fwd+bwd':48s} {train['seconds']:9.2f} s"
-          f"   (+ optimizer step {train['optim_seconds']:.2f} s)")
-    print(f"{'    full-model-equivalent, 6*N*T':48s} {full_rate:9.1f} GFLOP/s   ({full_rate / peak:.0%} of peak)")
-    print(f"{'    LoRA-honest, 4*N*T + 6*N_lora*T':48s} {lora_rate:9.1f} GFLOP/s   ({lora_rate / peak:.0%} of peak)")
-    print(f"    N = {train['n_base'] / 1e6:.1f}M base parameters, N_lora = {train['n_lora'] / 1e6:.1f}M,"
-          f" T = {train['tokens']} tokens")
+    if "peak" in run or "lora" in run:
+        peak = results["matmul_peak_gflops"] = matmul_peak(3 if quick else 5)
+        print(f"{'(a) fp32 matmul peak, 2048^3 torch.mm':48s} {peak:9.1f} GFLOP/s")
+    if "naive" in run or "batched" in run:
+        prompts = [backend.chat_tokens(c, True) for c in conversations[:4 if quick else 8]]
+        naive = results["naive_sampling_tokens_per_s"] = naive_sampling(backend, prompts, new_tokens)
+        print(f"{'(b) naive sampling, batch 1 generate':48s} {naive:9.1f} tok/s")
+    if "batched" in run:
+        batched, full = batched_sampling(backend, conversations, new_tokens, repeats)
+        results["batched_sampling"] = {"rows": len(conversations), "new_tokens": new_tokens, "tokens_per_s": batched,
+                                       "rows_at_token_limit": full, "speedup_over_naive": batched / naive}
+        print(f"{f'(c) batched sample(), {len(conversations)} rows x {new_tokens} tokens':48s} {batched:9.1f} tok/s"
+              f"   ({batched / naive:.1f}x naive; {full:.0%} of rows hit the limit)")
+    if "lora" in run:
+        train = lora_step(backend, 8, 256, 64, repeats)
+        full_rate = train["flops_full"] / train["seconds"] / 1e9
+        lora_rate = train["flops_lora"] / train["seconds"] / 1e9
+        results["lora_step"] = {**train, "rank": 64, "batch": 8, "length": 256,
+                                "gflops_full_equivalent": full_rate, "gflops_lora_honest": lora_rate,
+                                "fraction_of_peak_full_equivalent": full_rate / peak,
+                                "fraction_of_peak_lora_honest": lora_rate / peak}
+        print(f"{'(d) LoRA r64 step, 8 x 256 tokens, fwd+bwd':48s} {train['seconds']:9.2f} s"
+              f"   (+ optimizer step {train['optim_seconds']:.2f} s)")
+        print(f"{'    full-model-equivalent, 6*N*T':48s} {full_rate:9.1f} GFLOP/s ({full_rate / peak:.0%} of peak)")
+        print(f"{'    LoRA-honest, 4*N*T + 6*N_lora*T':48s} {lora_rate:9.1f} GFLOP/s ({lora_rate / peak:.0%} of peak)")
+        print(f"    N = {train['n_base'] / 1e6:.1f}M base parameters, N_lora = {train['n_lora'] / 1e6:.1f}M,"
+              f" T = {train['tokens']} tokens")
+    if "scoring" in run:
+        score = results["scoring"] = scoring(backend, 16 if quick else 32, 48, repeats)
+        print(f"(e) logprobs(), {score['rows']} answers of ~48 tokens, scored sequences/s:")
+        for name in ("with_system_prompt", "no_system_prompt"):
+            r = score[name]
+            label = f"    {name.replace('_', ' ')} ({r['mean_tokens']:.0f} tokens each)"
+            print(f"{label:48s} {r['prefix_reuse_sequences_per_s']:9.2f} seq/s   (plain path "
+                  f"{r['plain_sequences_per_s']:.2f}: {r['speedup']:.1f}x; max |diff| {r['max_abs_diff']:.1e})")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)

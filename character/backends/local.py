@@ -16,7 +16,7 @@ import torch
 
 from character.backends.base import (AdapterRef, Completion, Conversation, CrossEntropyLoss, Loss, SamplingParams,
                                      Sequence)
-from character.backends.decoding import decode
+from character.backends.decoding import _BufferLayer, _grouped_attention, decode
 from character.backends.weights import resolve_weights
 from character.params import ComposeParams, LoraParams, OptimParams
 
@@ -137,7 +137,7 @@ class LocalBackend:
 
     def _finish(self, row: list[int], prompt_tokens: int, params: SamplingParams) -> Completion:
         cut = next((i for i, t in enumerate(row) if t in self._stop_ids), None)
-        reason = "stop" if cut is not None else "length"
+        reason: Literal["stop", "length"] = "stop" if cut is not None else "length"
         row = row[:cut] if cut is not None else row
         text = self.tokenizer.decode(row, skip_special_tokens=True)
         for s in params.stop:
@@ -172,13 +172,125 @@ class LocalBackend:
             out = out.index_copy(1, keep_K, lp)
         return [out[i, : len(s.tokens) - 1] for i, s in enumerate(sequences)]
 
+    # Scoring re-reads the same text many times: the ~600-token constitution system prompt before every
+    # evaluation answer, a judge template's head, a question whose options differ (issue 14, item 6). A
+    # prefix shared by a group of sequences runs once, and each row continues from its keys and values.
+    # Below _min_prefix tokens the saving does not pay for the extra forward call and the cache copy.
+    _min_prefix = 32
+    _reuse_prefix = True  # False: the plain path only (benchmarks/bench_local.py times both)
+
     @torch.inference_mode()
     def logprobs(self, sequences: list[Sequence], adapter: AdapterRef | None = None,
                  batch_size: int = 8) -> list[torch.Tensor]:
+        """token_logprobs for each sequence (no gradient), in the order given, batch_size rows per forward.
+
+        Sequences that share at least _min_prefix tokens before the first position any of them weights
+        are scored from that prefix's key/value cache (_prefix_logprobs); the rest as token_logprobs does.
+        Either way rows are sorted by length first, so padding stays small. Equal to the plain path up to
+        float rounding at every weighted position; unweighted positions may be 0 (Backend.logprobs).
+        """
         model = self.model_for(adapter)
+        if not self._reuse_prefix:
+            return [t.cpu() for i in range(0, len(sequences), batch_size)
+                    for t in self.token_logprobs(model, sequences[i:i + batch_size])]
+        out: list[torch.Tensor | None] = [None] * len(sequences)
+        firsts = {i: next((t for t, w in enumerate(s.weights) if w != 0), None) for i, s in enumerate(sequences)}
+        scored = [i for i, t in firsts.items() if t is not None]
+        for i in set(firsts) - set(scored):
+            out[i] = torch.zeros(len(sequences[i].tokens) - 1)  # nothing weighted, nothing to compute
+        plain = []
+        heads = [sequences[i].tokens[:firsts[i]] for i in scored]
+        for prefix, group in self._prefix_groups(heads, self._min_prefix):
+            rows = sorted((scored[g] for g in group), key=lambda i: len(sequences[i].tokens))
+            if prefix < self._min_prefix:
+                plain += rows
+                continue
+            lps = self._prefix_logprobs(model, prefix, [sequences[i] for i in rows], batch_size)
+            for i, lp in zip(rows, lps):
+                out[i] = lp
+        plain.sort(key=lambda i: len(sequences[i].tokens))
+        for j in range(0, len(plain), batch_size):
+            rows = plain[j:j + batch_size]
+            for i, lp in zip(rows, self.token_logprobs(model, [sequences[i] for i in rows])):
+                out[i] = lp.cpu()
+        return [t for t in out if t is not None]
+
+    @staticmethod
+    def _prefix_groups(heads: list[list[int]], min_prefix: int) -> list[tuple[int, list[int]]]:
+        """(prefix length, indices) groups of sequences given by their heads (the tokens before each one's
+        first weighted position), chosen to maximize the tokens not recomputed: sum of (size - 1) * prefix.
+
+        Sorted, sequences with long common prefixes are neighbours, and a run's common prefix is the least
+        of its neighbours' (`common`). A run either stays one group or splits where that least value occurs,
+        whichever saves more (a prefix under min_prefix saves nothing); the recursion over this tree runs on
+        an explicit stack, as a chain of nested prefixes can be deep. Groups saving nothing have prefix 0.
+        """
+        order = sorted(range(len(heads)), key=lambda i: heads[i])
+        common = [len(os.path.commonprefix([heads[a], heads[b]])) for a, b in zip(order, order[1:])]
+        best: dict[tuple[int, int], tuple[int, list[tuple[int, list[int]]]]] = {}  # run -> (saved, groups)
+        stack = [(0, len(order), False)] if order else []
+        while stack:
+            lo, hi, parts_done = stack.pop()
+            if hi - lo == 1:
+                best[lo, hi] = (0, [(0, order[lo:hi])])
+                continue
+            least = min(common[lo:hi - 1])
+            cuts = [lo] + [k + 1 for k in range(lo, hi - 1) if common[k] == least] + [hi]
+            parts = list(zip(cuts, cuts[1:]))
+            if not parts_done:
+                stack += [(lo, hi, True)] + [(a, b, False) for a, b in parts]
+                continue
+            split = [best.pop(part) for part in parts]
+            saved, whole = sum(s for s, _ in split), (hi - lo - 1) * least if least >= min_prefix else 0
+            best[lo, hi] = (whole, [(least, order[lo:hi])]) if whole and whole >= saved else (
+                saved, [g for _, groups in split for g in groups])
+        return best[0, len(order)][1] if order else []
+
+    def _prefix_logprobs(self, model: torch.nn.Module, prefix: int, sequences: list[Sequence],
+                         batch_size: int) -> list[torch.Tensor]:
+        """token_logprobs (on CPU) for sequences that share their first `prefix` tokens and weight no
+        position before `prefix`: those tokens run once at batch 1 into a key/value cache (the decode loop's
+        _BufferLayer), and each batch continues from a copy of it. Remainders are right-padded, which a
+        causal model's real tokens never see, and end at the last weighted position; positions count on
+        from the prefix.
+        """
+        from transformers.cache_utils import Cache
+
+        tensor = lambda rows: torch.tensor(rows, device=self.device)  # noqa: E731
+        # torch types Module.__getattr__ as Tensor | Module; model_for() gives a transformers PreTrainedModel
+        n_layers = model.config.get_text_config(decoder=True).num_hidden_layers  # type: ignore[union-attr,operator]
+        pad = self.tokenizer.pad_token_id
+
+        def forward(cache, ids, mask, keep):
+            start = cache.get_seq_length()  # 0 for the prefix, then `prefix`
+            positions = torch.arange(start, start + ids.shape[1], device=self.device)
+            with _grouped_attention(model):
+                return model(input_ids=ids, attention_mask=mask, position_ids=positions.expand(len(ids), -1),
+                             past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
+
+        head = Cache(layers=[_BufferLayer(prefix) for _ in range(n_layers)])
+        forward(head, tensor([sequences[0].tokens[:prefix]]), None, 1)
         out = []
-        for i in range(0, len(sequences), batch_size):
-            out += [t.cpu() for t in self.token_logprobs(model, sequences[i:i + batch_size])]
+        for j in range(0, len(sequences), batch_size):
+            batch = sequences[j:j + batch_size]
+            weighted = [[t for t, w in enumerate(s.weights) if w != 0] for s in batch]
+            ends = [w[-1] + 1 for w in weighted]  # input up to and including the last weighted position
+            width = max(ends) - prefix
+            ids = tensor([s.tokens[prefix:e] + [pad] * (prefix + width - e) for s, e in zip(batch, ends)])
+            targets = tensor([s.tokens[prefix + 1:e + 1] + [pad] * (prefix + width - e) for s, e in zip(batch, ends)])
+            mask = tensor([[1] * e + [0] * (prefix + width - e) for e in ends])  # prefix + remainder, (B, P + W)
+            cache = Cache(layers=[_BufferLayer(prefix + width) for _ in range(n_layers)])
+            for layer, shared in zip(cache.layers, head.layers):  # the one copy of the prefix per batch row
+                layer.update(shared.keys.expand(len(batch), -1, -1, -1), shared.values.expand(len(batch), -1, -1, -1))
+            keep = sorted({t - prefix for w in weighted for t in w})  # remainder positions any row weights
+            keep_K = tensor(keep)
+            logits = forward(cache, ids, mask, keep_K).float()  # (B, K, V)
+            lp_BK = -torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets[:, keep_K], reduction="none")
+            column = {k: c for c, k in enumerate(keep)}
+            for row, (s, w) in enumerate(zip(batch, weighted)):
+                lp = torch.zeros(len(s.tokens) - 1)
+                lp[w] = lp_BK[row, [column[t - prefix] for t in w]].cpu()
+                out.append(lp)
         return out
 
     # ---- training -------------------------------------------------------------------------------------
@@ -204,7 +316,8 @@ class LocalBackend:
         if out_dir.exists():
             shutil.rmtree(out_dir)
         if params.method == "fold":
-            self.merged([dpo, sft]).save_pretrained(out_dir)
+            # torch types Module.__getattr__ as Tensor | Module; merged() is a transformers PreTrainedModel
+            self.merged([dpo, sft]).save_pretrained(out_dir)  # type: ignore[operator]
             self.tokenizer.save_pretrained(out_dir)
             return {"format": "merged_weights", "exact": True}
         model = PeftModel.from_pretrained(self._copy_base(), dpo.path, adapter_name="dpo")

@@ -33,6 +33,7 @@ import torch
 from character.backends.base import Conversation
 from character.io import read_jsonl, write_json
 from character.params import RewardModelParams
+from character.io import Checkpoints
 from character.train.loop import split_heldout
 
 log = logging.getLogger(__name__)
@@ -178,11 +179,16 @@ def correlation(xs: list[float], ys: list[float]) -> float:
 
 # ---- training -----------------------------------------------------------------------------------------
 def train_reward_model(model, tokenizer, pairs: list[dict], params: RewardModelParams, seed: int,
-                       on_step=lambda step, m: None):
-    """TRL's RewardTrainer over pre-tokenized pairs; returns the trained PEFT model (eval mode)."""
+                       on_step=lambda step, m: None, checkpoints: Checkpoints | None = None):
+    """TRL's RewardTrainer over pre-tokenized pairs; returns the trained PEFT model (eval mode).
+
+    With `checkpoints`, the Trainer's own checkpointing does the saving (adapter, score head, optimizer,
+    scheduler, RNG states: `save_strategy="steps"`) into that folder, and a re-run passes the last one to
+    `resume_from_checkpoint`, which also skips the batches already seen."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
+    from transformers.trainer_utils import get_last_checkpoint
     from trl import RewardConfig, RewardTrainer
 
     opt, layers = params.optim, model.config.num_hidden_layers
@@ -203,27 +209,33 @@ def train_reward_model(model, tokenizer, pairs: list[dict], params: RewardModelP
                 on_step(state.global_step, {("lr" if k == "learning_rate" else k): v for k, v in logs.items()
                                             if isinstance(v, (int, float))})
 
-    with tempfile.TemporaryDirectory() as scratch:  # the Trainer wants an output_dir; nothing is saved there
+    every = checkpoints.every if checkpoints else 0
+    with tempfile.TemporaryDirectory() as scratch:  # the Trainer wants an output_dir; nothing else is saved there
+        output_dir = str(checkpoints.directory) if every and checkpoints else scratch
+        last = get_last_checkpoint(output_dir) if every and Path(output_dir).is_dir() else None
+        if last:
+            log.info("reward_model: resuming from %s", last)
         args = RewardConfig(
-            output_dir=scratch, per_device_train_batch_size=opt.micro_batch_size,
+            output_dir=output_dir, per_device_train_batch_size=opt.micro_batch_size,
             gradient_accumulation_steps=accumulate,
             learning_rate=opt.lr, num_train_epochs=opt.epochs, warmup_steps=round(opt.warmup_ratio * total),
             lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": opt.min_lr_ratio},
             adam_beta1=opt.adam_betas[0], adam_beta2=opt.adam_betas[1], weight_decay=opt.weight_decay,
             max_grad_norm=opt.grad_clip, max_length=None,  # over-long pairs are dropped and counted before
             gradient_checkpointing=False,  # TRL's default; recomputation only costs time at this size
-            bf16=cuda, use_cpu=not cuda, seed=seed, data_seed=seed, logging_steps=1, save_strategy="no",
+            bf16=cuda, use_cpu=not cuda, seed=seed, data_seed=seed, logging_steps=1,
+            save_strategy="steps" if every else "no", save_steps=every or 500, save_total_limit=1,
             report_to="none", disable_tqdm=False, dataloader_num_workers=0)
         trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs),
                                 processing_class=tokenizer, peft_config=lora, callbacks=[Curves()])
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=last)
     log.info("reward_model: %d steps, train loss %.4f", trainer.state.global_step, result.training_loss)
     return trainer.model.eval(), trainer.state.global_step, result.training_loss
 
 
 def run_reward_model(model, tokenizer, character_rows: list[dict], helpful_rows: list[dict],
                      params: RewardModelParams, seed: int, out_dir: str | Path, base_model: str,
-                     on_step=lambda step, m: None) -> dict:
+                     on_step=lambda step, m: None, checkpoints: Checkpoints | None = None) -> dict:
     """Split, mix, train, score held-out pairs per kind, save (LoRA + score head + manifest); returns metrics."""
     char, char_long = tokenize_pairs(tokenizer, character_rows, params.max_length)
     help_, help_long = tokenize_pairs(tokenizer, helpful_rows, params.max_length)
@@ -241,7 +253,7 @@ def run_reward_model(model, tokenizer, character_rows: list[dict], helpful_rows:
     log.info("reward_model: %d character + %d helpfulness pairs to train; %d + %d held out",
              len(char_train), min(wanted, len(help_train)), len(char_held), len(help_held))
 
-    trained, steps, loss = train_reward_model(model, tokenizer, mixed, params, seed, on_step)
+    trained, steps, loss = train_reward_model(model, tokenizer, mixed, params, seed, on_step, checkpoints)
     scorer = RewardScorer(trained, tokenizer)
     char_scores, help_scores = pair_metrics(scorer, char_held), pair_metrics(scorer, help_held)
     log.info("reward_model: held-out accuracy %.3f on character pairs, %.3f on helpfulness pairs",

@@ -21,6 +21,7 @@ pairs, both orders (the replication's route); the `rlaif_judge` stage's prompted
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -178,6 +179,21 @@ def correlation(xs: list[float], ys: list[float]) -> float:
 
 
 # ---- training -----------------------------------------------------------------------------------------
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest Trainer checkpoint in folder whose trainer_state.json, which the Trainer writes last, is
+    whole: a run killed mid-save leaves a newer folder without one, and resuming from it would fail."""
+    def step(path: Path) -> int:
+        return int(path.name.rsplit("-", 1)[1]) if path.name.rsplit("-", 1)[1].isdigit() else -1
+
+    for path in sorted(folder.glob("checkpoint-*"), key=step, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return str(path)
+    return None
+
+
 def train_reward_model(model, tokenizer, pairs: list[dict], params: RewardModelParams, seed: int,
                        on_step=lambda step, m: None, checkpoints: Checkpoints | None = None):
     """TRL's RewardTrainer over pre-tokenized pairs; returns the trained PEFT model (eval mode).
@@ -188,7 +204,6 @@ def train_reward_model(model, tokenizer, pairs: list[dict], params: RewardModelP
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import RewardConfig, RewardTrainer
 
     opt, layers = params.optim, model.config.num_hidden_layers
@@ -203,16 +218,23 @@ def train_reward_model(model, tokenizer, pairs: list[dict], params: RewardModelP
     accumulate = max(1, opt.batch_size // opt.micro_batch_size)
     total = math.ceil(opt.epochs * math.ceil(len(pairs) / opt.micro_batch_size) / accumulate)  # optimizer steps
 
+    def report(step: int, logs: dict) -> None:
+        on_step(step, {("lr" if k == "learning_rate" else k): v for k, v in logs.items() if isinstance(v, (int, float))})
+
     class Curves(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            for logs in state.log_history:  # resumed: the saved steps' logs, so the curves come out whole
+                if "loss" in logs:
+                    report(logs["step"], logs)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
-                on_step(state.global_step, {("lr" if k == "learning_rate" else k): v for k, v in logs.items()
-                                            if isinstance(v, (int, float))})
+                report(state.global_step, logs)
 
     every = checkpoints.every if checkpoints else 0
     with tempfile.TemporaryDirectory() as scratch:  # the Trainer wants an output_dir; nothing else is saved there
         output_dir = str(checkpoints.directory) if every and checkpoints else scratch
-        last = get_last_checkpoint(output_dir) if every and Path(output_dir).is_dir() else None
+        last = last_complete_checkpoint(Path(output_dir)) if every else None
         if last:
             log.info("reward_model: resuming from %s", last)
         args = RewardConfig(

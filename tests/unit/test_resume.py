@@ -148,7 +148,7 @@ def test_interrupted_rlaif_run_resumes_to_the_same_adapter(tiny_backend, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_interrupted_reward_model_resumes_from_the_trainer_checkpoint(tiny_reward_base, tmp_path):
+def test_interrupted_reward_model_resumes_from_the_trainer_checkpoint(tiny_reward_base, tmp_path, caplog):
     from character.params import LoraParams, OptimParams, RewardModelParams
     from character.io import Checkpoints
     from character.train.reward import load_base, run_reward_model
@@ -178,8 +178,11 @@ def test_interrupted_reward_model_resumes_from_the_trainer_checkpoint(tiny_rewar
     except Interrupt:
         pass
     assert [p.name for p in (tmp_path / "progress").glob("checkpoint-*")] == ["checkpoint-2"]
+    (tmp_path / "progress/checkpoint-3").mkdir()  # as a kill during the Trainer's save would leave it
+    caplog.set_level("INFO", logger="character.train.reward")
     logged, resumed = rm("resumed", checkpoints)
-    assert logged[0] == 3 and resumed["steps"] == whole["steps"]  # continued after step 2, not from zero
+    assert f"resuming from {tmp_path / 'progress/checkpoint-2'}" in caplog.text  # not the half-written 3
+    assert logged == list(range(1, whole["steps"] + 1)) and resumed["steps"] == whole["steps"]  # curves whole
     a, b = adapter(tmp_path / "resumed"), adapter(tmp_path / "whole")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 

@@ -106,17 +106,13 @@ def check_tinker_models(params) -> int:
     """Ask the live service which registry models it still offers; 1 if a model in use is retired."""
     import os
 
-    from character.backends.tinker import TinkerUnavailable, preflight
+    from character.backends.tinker import preflight
 
     aliases = {a: s for a, s in params.models.items() if s.backend == "tinker"}
     if not os.environ.get("TINKER_API_KEY") and not Path("~/.tinker/credentials.json").expanduser().exists():
         print("\nno TINKER_API_KEY: the live check is skipped (set it to ask the service)")
         return 0
-    try:
-        _, offered = preflight(params.tinker.connect_timeout_s)
-    except TinkerUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    _, offered = preflight(params.tinker.connect_timeout_s)  # unreachable or refused: one line, exit 2 (main)
     print(f"\nTinker offers {len(offered)} models now:")
     in_use = {params.model, params.teacher, params.judge}
     retired = [a for a, s in aliases.items() if s.id not in offered]

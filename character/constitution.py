@@ -102,6 +102,9 @@ def load_constitution(path: str | Path) -> Constitution:
 
 
 def find_constitution(name: str, directory: str | Path = "constitutions") -> Constitution:
+    if not re.match(r"^[a-z][a-z0-9_-]*$", name):  # the same rule as Constitution.name and params personas
+        raise ConstitutionError(f"persona {name!r}: not a plain name (lower-case letters, digits, - and _, starting "
+                                f"with a letter); it names {directory}/<name>.yaml")
     path = Path(directory) / f"{name}.yaml"
     if not Path(directory).is_dir():
         raise ConstitutionError(f"{path}: no folder {directory}/ here; run from the repo root")

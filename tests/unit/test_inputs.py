@@ -280,3 +280,22 @@ def test_stage_input_errors_exit_with_the_one_code(capsys):
     with pytest.raises(SystemExit) as exit_:
         run(main)
     assert exit_.value.code == EXIT_INPUT and capsys.readouterr().err == "error: pairs.jsonl:3: not valid JSON: Expecting value\n"
+
+
+def test_serve_refuses_a_pasted_key_without_echoing_it(capsys):
+    secret = "sk-THISISNOTAREALKEY0123456789"
+    assert cli.main(["--params", str(ROOT / "params.yaml"), "serve", "--api-key-env", secret]) == EXIT_INPUT
+    captured = capsys.readouterr()
+    assert "--api-key-env: must be the NAME" in captured.err and secret not in captured.out + captured.err
+
+
+def test_persona_argument_must_be_a_plain_name():
+    from character.constitution import find_constitution
+    with pytest.raises(ConstitutionError, match=r"persona '../../etc/x': not a plain name"):
+        find_constitution("../../etc/x", ROOT / "constitutions")
+
+
+def test_tool_droppings_are_git_ignored():
+    import subprocess
+    for path in ("dvc_plots/index.html", ".mypy_cache/x", ".ruff_cache/x"):
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0, path

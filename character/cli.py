@@ -12,8 +12,23 @@ PRICED_STAGES = ("prompts", "pairs", "dpo", "introspection", "sft", "rlaif_model
                  "eval_answers", "evaluate")
 
 
+MAX_WARNINGS = 20  # per file: a broken file gave 779k warning lines
+
+
+def print_issues(issues: list[str], indent: str = "       - ") -> None:
+    """Quality warnings, each once, at most MAX_WARNINGS, then how many more there were."""
+    unique = list(dict.fromkeys(issues))
+    for issue in unique[:MAX_WARNINGS]:
+        print(f"{indent}{issue}")
+    if len(unique) > MAX_WARNINGS:
+        print(f"{indent}... and {len(unique) - MAX_WARNINGS} more")
+    if len(unique) < len(issues):
+        print(f"{indent}({len(issues) - len(unique)} repeated warnings not shown)")
+
+
 def cmd_validate(args) -> int:
     from character.constitution import ConstitutionError, load_constitution, quality_issues
+    from character.errors import EXIT_INPUT
     from character.params import ParamsError, load_params
 
     failed = 0
@@ -39,30 +54,34 @@ def cmd_validate(args) -> int:
         issues = quality_issues(c)
         questions = sum(len(t.questions) for t in c.traits)
         print(f"{'warn' if issues else 'ok  '} {path}: {len(c.traits)} traits, {questions} seed questions")
-        for issue in issues:
-            print(f"       - {issue}")
+        print_issues(issues)
         if issues and args.strict:
             failed += 1
-    return 1 if failed else 0
+    return EXIT_INPUT if failed else 0
 
 
 def cmd_import(args) -> int:
-    from character.constitution import ConstitutionError, dump_constitution, import_official_json, quality_issues
+    from character.constitution import dump_constitution, import_official_json, quality_issues
+    from character.errors import ConstitutionError
+    from character.io import write_atomic
+    from character.params import PLAIN_NAME
 
-    name = args.name or Path(args.json).stem.lower()
+    name = args.name or Path(args.json).stem.lower().replace(" ", "_")
+    if not PLAIN_NAME.match(name):
+        raise ConstitutionError(f"{args.json}: persona name {name!r} is not a plain name (lower-case letters, digits, "
+                                "- and _, starting with a letter); pass --name NAME")
     out = Path(args.out or f"constitutions/{name}.yaml")
     if out.exists() and not args.force:
-        print(f"error: {out} exists (use --force to overwrite)", file=sys.stderr)
-        return 1
-    try:
-        c = import_official_json(args.json, name, args.description)
-    except ConstitutionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    out.write_text(dump_constitution(c))
-    print(f"wrote {out}: {len(c.traits)} traits")
-    for issue in quality_issues(c):
-        print(f"  warn: {issue}")
+        raise ConstitutionError(f"{out}: exists; pass --force to overwrite it, or --out another file")
+    if not out.parent.is_dir():
+        raise ConstitutionError(f"{out}: folder {out.parent} does not exist; create it or pass another --out")
+    if out.stem != name:
+        raise ConstitutionError(f"{out}: the file must be named after the persona ({name}.yaml); pass --name {out.stem}")
+    c = import_official_json(args.json, name, args.description)
+    write_atomic(out, dump_constitution(c))
+    print(f"wrote {out}: {len(c.traits)} traits, "
+          f"{sum(len(t.questions) + len(t.additional_questions) for t in c.traits)} questions")
+    print_issues(quality_issues(c), "  warn: ")
     return 0
 
 
@@ -88,17 +107,13 @@ def check_tinker_models(params) -> int:
     """Ask the live service which registry models it still offers; 1 if a model in use is retired."""
     import os
 
-    from character.backends.tinker import TinkerUnavailable, preflight
+    from character.backends.tinker import preflight
 
     aliases = {a: s for a, s in params.models.items() if s.backend == "tinker"}
     if not os.environ.get("TINKER_API_KEY") and not Path("~/.tinker/credentials.json").expanduser().exists():
         print("\nno TINKER_API_KEY: the live check is skipped (set it to ask the service)")
         return 0
-    try:
-        _, offered = preflight(params.tinker.connect_timeout_s)
-    except TinkerUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    _, offered = preflight(params.tinker.connect_timeout_s)  # unreachable or refused: one line, exit 2 (main)
     print(f"\nTinker offers {len(offered)} models now:")
     in_use = {params.model, params.teacher, params.judge}
     retired = [a for a, s in aliases.items() if s.id not in offered]
@@ -112,49 +127,36 @@ def check_tinker_models(params) -> int:
 
 def load_with_overrides(path: str, sets: list[str]):
     """params.yaml with `-S key.path=value` overrides (values parsed as YAML), validated, nothing written."""
-    import yaml
+    from character.params import ParamsError, parse_override, read_params_file, validate_params
 
-    from character.params import validate_params
-
-    data = yaml.safe_load(Path(path).read_text())
+    data = read_params_file(path)
     for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"error: -S {item!r}: expected KEY=VALUE, e.g. -S model=llama70b")
-        *parents, leaf = key.split(".")
+        (*parents, leaf), value = parse_override(item, path)
         node = data
-        for part in parents:
+        for i, part in enumerate(parents):
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise ParamsError(f"{path}: -S {item!r}: {'.'.join(parents[:i + 1])} is a value, not a section")
+        node[leaf] = value
     return validate_params(data, f"{path} + -S {' '.join(sets)}" if sets else path)
 
 
 def cmd_estimate(args) -> int:
     from character.cost import plan
-    from character.params import ParamsError
 
     sets = list(args.set) + [f"{role}={alias}" for role in ("model", "teacher", "judge")
                              if (alias := getattr(args, role))]
-    try:
-        params = load_with_overrides(args.params, sets)
-    except ParamsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    params = load_with_overrides(args.params, sets)
     print(plan(params, args.persona, args.stage))
     return 0
 
 
 def cmd_tinker_download(args) -> int:
     from character.backends.tinker import download_adapter
-    from character.errors import CharacterError
     from character.params import load_params
 
-    try:
-        out = download_adapter(args.folder, args.out, args.peft, args.allow_hub_download,
-                               load_params(args.params).tinker.connect_timeout_s)
-    except (CharacterError, FileNotFoundError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    out = download_adapter(args.folder, args.out, args.peft, args.allow_hub_download,
+                           load_params(args.params).tinker.connect_timeout_s)
     print(f"wrote {out['raw']}: the Tinker adapter as saved (adapter_model.safetensors, adapter_config.json)")
     if out["peft"]:
         print(f"wrote {out['peft']}: a PEFT LoRA adapter (load with peft.PeftModel.from_pretrained)")
@@ -163,18 +165,13 @@ def cmd_tinker_download(args) -> int:
 
 def cmd_tinker_keep(args) -> int:
     from character.backends.tinker import keep_checkpoint
-    from character.errors import CharacterError
     from character.params import load_params
 
     if (args.days is None) == (not args.forever):
         print("error: give --days N or --forever", file=sys.stderr)
         return 2
-    try:
-        record = keep_checkpoint(args.folder, None if args.forever else args.days,
-                                 load_params(args.params).tinker.connect_timeout_s)
-    except (CharacterError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    record = keep_checkpoint(args.folder, None if args.forever else args.days,
+                             load_params(args.params).tinker.connect_timeout_s)
     print(f"{args.folder}: {record['sampler_path']} and its training state now "
           + (f"expire {record['expires_at']}" if record["expires_at"] else "never expire"))
     return 0
@@ -186,13 +183,9 @@ def cmd_preset(args) -> int:
     from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedSeq
 
-    from character.params import ParamsError, apply_preset
+    from character.params import apply_preset
 
-    try:
-        merged = apply_preset(args.params, args.name)
-    except ParamsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    merged = apply_preset(args.params, args.name)
     yaml = YAML()
     yaml.width = 110
     doc = yaml.load(Path(args.params))
@@ -219,27 +212,39 @@ def cmd_chat(args) -> int:
     from character.backends.base import AdapterRef
     from character.backends.local import LocalBackend
     from character.constitution import find_constitution, system_prompt
+    from character.errors import BackendUnavailable, ParamsError
     from character.params import load_params
 
     params = load_params(args.params)
-    spec = params.spec(args.model or params.model)
+    alias = args.model or params.model
+    if alias not in params.models:
+        raise ParamsError(f"--model {alias!r}: unknown model alias (known: {', '.join(sorted(params.models))})")
+    spec = params.spec(alias)
+    if spec.backend != "local":
+        raise BackendUnavailable(f"--model {alias!r}: a {spec.backend} model; chat runs local models (name one, e.g. "
+                                 "--model smollm2), or talk to a served model with any OpenAI client")
+    # Everything that can be wrong is checked before the model loads (30 s and more).
+    constitution = find_constitution(args.constitution) if args.constitution else None
     model_id, adapter = spec.id, None
     if args.adapter:
         path = Path(args.adapter)
+        if not path.exists():
+            raise FileNotFoundError(2, "no such adapter folder", str(path))
         if (path / "tinker.json").exists():
-            print(f"error: {path} is a Tinker checkpoint: `character tinker-download {path} --out DIR --peft BASE` makes a PEFT "
-                  "folder for its base model", file=sys.stderr)
-            return 1
+            raise BackendUnavailable(f"{path}: a Tinker checkpoint; `character tinker-download {path} --out DIR --peft BASE` "
+                                     "makes a PEFT folder for its base model")
         if (path / "config.json").exists():  # merged weights (compose method fold)
             model_id = str(path)
-        else:
+        elif (path / "adapter_config.json").exists() or (path / "ref.json").exists():
             adapter = AdapterRef.read(path)
+        else:
+            raise BackendUnavailable(f"{path}: neither a PEFT adapter (adapter_config.json) nor merged weights "
+                                     "(config.json); pass a stage's out, e.g. models/<persona>/final")
     backend = LocalBackend(model_id, cache_dir=params.runtime.cache_dir, threads=params.runtime.threads,
                            device=params.runtime.device)
     history = []
-    if args.constitution:
-        history.append({"role": "system", "content": system_prompt(find_constitution(args.constitution),
-                                                                    spec.assistant_name)})
+    if constitution is not None:
+        history.append({"role": "system", "content": system_prompt(constitution, spec.assistant_name)})
     sampling = SamplingParams(temperature=args.temperature, top_p=0.95, max_tokens=args.max_tokens,
                               repetition_penalty=1.1, seed=args.seed)
     messages = list(args.message) if args.message else None
@@ -351,7 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import logging
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    return args.func(args)
+    from character.errors import EXIT_INPUT, CharacterError, one_line
+    try:
+        return args.func(args)
+    except (CharacterError, FileNotFoundError, FileExistsError) as exc:  # input errors: one line, no traceback, one exit code
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_INPUT
 
 
 if __name__ == "__main__":

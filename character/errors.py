@@ -1,12 +1,16 @@
 """One base for every failure a user can fix: a stage or CLI command prints its message as one line and
-exits non-zero, with no traceback (character.stage.run, character.cli). Anything else is a bug and keeps
-its traceback.
+exits with EXIT_INPUT (2), with no traceback (character.stage.run, character.cli.main). Anything else is a
+bug and keeps its traceback. 2 is also what argparse exits with on a bad command line, so every "your
+input is wrong, fix it and re-run" exits 2, whichever command found it; 1 is left for "ran, but the
+result is a failure" (`character models --check` finding a retired model).
 
 Messages name the file (or param), the field, the value and the fix, e.g.
 `params.yaml: dpo.beta: must be > 0 (got -0.1)`.
 """
 
 from __future__ import annotations
+
+EXIT_INPUT = 2
 
 
 class CharacterError(Exception):
@@ -35,3 +39,12 @@ class ModelNotFound(CharacterError, RuntimeError):
 
 class BenchmarkDataMissing(CharacterError, FileNotFoundError):
     """The offline benchmark data is not installed."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An input error as one line (several params errors joined by "; "); a missing file says what to do."""
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"{exc.filename}: no such file or folder; check the path, or run the stage that writes it (dvc repro)"
+    if isinstance(exc, FileExistsError) and exc.filename:
+        return f"{exc.filename}: already exists; remove it or choose another path"
+    return "; ".join(line for line in str(exc).splitlines() if line.strip())

@@ -1,4 +1,5 @@
-"""Files: JSONL and JSON (atomic writes, no NaN), content hashes, and resumable chunked generation.
+"""Files: JSONL and JSON (atomic writes, no NaN), content hashes, resumable chunked generation and
+resumable training (Checkpoints, below).
 
 Resumability: long generation runs in fixed chunks, each with its own seed derived from (seed, chunk
 index). Finished chunks are appended to a progress file outside the stage's outs (DVC deletes outs before
@@ -13,12 +14,17 @@ import json
 import logging
 import math
 import os
+import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from tqdm import tqdm
 
 from character.errors import DataError
+
+if TYPE_CHECKING:
+    from character.backends.base import TrainingSession
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +35,85 @@ SHIPPED = REPO_ROOT / "data" / "shipped"
 
 def read_jsonl(path: str | Path) -> list[dict]:
     rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{n}: not valid JSON: {exc}") from exc
+    with open(path, encoding="utf-8", errors="strict") as f:
+        try:
+            lines = f.readlines()
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start}); re-save it as UTF-8") from None
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{n}: not valid JSON: {exc}") from exc
     return rows
+
+
+# ---- YAML: one loader for every YAML file we read (params.yaml, presets, constitutions) -------------------
+# Stricter than yaml.safe_load, which keeps the last of two equal keys (a second `dpo:` section silently
+# replaced the first) and expands aliases (a "billion laughs" file of a few KB grows to gigabytes).
+YAML_MAX_BYTES = 1 << 20  # 1 MiB: params.yaml is ~10 KB, the largest constitution ~20 KB
+
+
+def read_text_utf8(path: str | Path, error: type[Exception] = DataError, max_bytes: int = YAML_MAX_BYTES) -> str:
+    """A text file's contents, refusing files over max_bytes and bytes that are not UTF-8 (line named)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise error(f"{path}: {size:,} bytes, over the limit of {max_bytes:,}; is this the right file?")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise error(f"{path}:{line}: not UTF-8 (byte {data[exc.start]:#04x}); re-save the file as UTF-8") from None
+
+
+def _strict_loader():
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise yaml.MarkedYAMLError(problem="anchors and aliases (&name, *name, <<) are not accepted; "
+                                                   "write the values out", problem_mark=event.start_mark)
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, Hashable):
+                    continue  # SafeLoader's own error names it
+                if key in seen:
+                    raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r} (first on line {seen[key]}); "
+                                                       "merge the two into one", problem_mark=key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
+def parse_yaml(text: str, where: str, error: type[Exception] = DataError) -> Any:
+    """YAML text (a file's, or a -S value) parsed with _strict_loader; errors name `where` and the line."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_strict_loader())  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise error(f"{where}{line}: not valid YAML: {problem}") from None
+
+
+def load_yaml(path: str | Path, error: type[Exception] = DataError, max_bytes: int = YAML_MAX_BYTES) -> Any:
+    """A YAML file: UTF-8, at most max_bytes, no duplicate keys, no anchors or aliases."""
+    return parse_yaml(read_text_utf8(path, error, max_bytes), str(path), error)
 
 
 def write_atomic(path: str | Path, text: str) -> None:
@@ -155,3 +232,57 @@ class Progress:
     def finish(self) -> None:
         for key in self._parts:
             (self.directory / f"{key}.jsonl").unlink(missing_ok=True)
+
+
+# ---- resumable training ---------------------------------------------------------------------------------
+# A TrainingSession's state (adapter, optimizer, RNG, step) saved every N optimizer steps, so a re-run of a
+# killed training stage continues from the last save. Like Progress, saves live in the cache's progress
+# folder under a content key (Stage.checkpoints), never in the outs. Each save is written to a `.partial`
+# folder, renamed into place, and only then named in `latest.json` (itself written atomically), so a
+# kill at any moment leaves the previous save or the new one, never half of one. Batches are a pure
+# function of the seed (character.train.loop.make_batches), so a resumed run sees exactly the remaining
+# batches and ends with the weights an uninterrupted run would have.
+LATEST = "latest.json"
+
+
+class Checkpoints:
+    """Saves of one training run in `directory`, every `every` optimizer steps (0: never)."""
+
+    def __init__(self, directory: str | Path, every: int):
+        self.directory, self.every = Path(directory), every
+
+    def restore(self, session: "TrainingSession") -> tuple[int, dict[str, Any]]:
+        """Load the last save into `session`; (steps already taken, the caller's extra state). (0, {}) if none."""
+        if self.every and not hasattr(session, "save_state"):  # a backend that has not implemented it yet
+            log.warning("%s cannot save its state: if killed, this stage restarts from zero",
+                        type(session).__name__)
+            self.every = 0
+        latest = self.directory / LATEST
+        if not self.every or not latest.exists():
+            return 0, {}
+        meta = json.loads(latest.read_text())
+        session.load_state(self.directory / meta["state"])
+        log.info("resuming training from step %d (%s)", meta["step"], self.directory / meta["state"])
+        return int(meta["step"]), meta.get("extra", {})
+
+    def due(self, step: int, total: int) -> bool:
+        """Save after `step` optimizer steps? Never after the last: the outs are written right then."""
+        return bool(self.every) and step % self.every == 0 and step < total
+
+    def save(self, session: "TrainingSession", step: int, extra: dict[str, Any]) -> None:
+        """Save after `step` optimizer steps; `extra` (JSON) comes back from `restore` (e.g. step metrics)."""
+        name = f"step-{step:07d}"
+        partial = self.directory / f"{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        session.save_state(partial)
+        shutil.rmtree(self.directory / name, ignore_errors=True)
+        os.replace(partial, self.directory / name)
+        write_atomic(self.directory / LATEST, json.dumps({"step": step, "state": name, "extra": extra}))
+        for old in self.directory.glob("step-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def finish(self) -> None:
+        """The stage's outs are written: drop the saves."""
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -7,22 +7,35 @@ Presets (`presets/<name>.yaml`) are partial overlays merged into params.yaml by 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from character.errors import ParamsError
+from character.io import load_yaml, parse_yaml
 
+# The presets shipped beside this package; `character preset` reads the ones of the repo it runs in
+# (presets_dir), so a second clone's edited preset is the one applied.
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+# A persona or preset name: it becomes a file name and a path in dvc.yaml, so nothing that can leave a folder.
+PLAIN_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
+# Prefixes of API keys (OpenAI, Anthropic, Tinker, Hugging Face, GitHub, Slack, AWS): a pasted key, not a name.
+SECRET_PREFIXES = ("sk-", "sk_", "tml-", "hf_", "ghp_", "github_pat_", "xox", "akia", "bearer ")
+NOT_A_VARIABLE_NAME = ("must be the NAME of an environment variable holding the key (upper case, digits and _, "
+                       "e.g. OPENAI_API_KEY), not the key itself; the value is not shown. If a key was pasted "
+                       "here, remove it and revoke it")
 
 
 Truncated = Literal["drop", "trim", "keep"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `lr: .inf` or `beta: .nan` pass every `gt`/`ge` bound and poison training.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -60,6 +73,26 @@ class ModelSpec(_Strict):
     # tinker only. When the service stopped offering this model (e.g. "2026-06-12"); a stage refuses it
     # before any spend and names live models of similar size. A local backend ignores it.
     retired: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000/v1")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        # The message never contains the value: it may be a key pasted where its variable's name belongs.
+        if value is None:
+            return value
+        if value.lower().startswith(SECRET_PREFIXES) or not ENV_NAME.match(value):
+            raise ValueError(NOT_A_VARIABLE_NAME)
+        return value
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> "ModelSpec":
@@ -251,6 +284,10 @@ class RuntimeParams(_Strict):
     threads: int = Field(0, ge=0)  # torch threads; 0 = number of physical cores available
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cache_dir: str = ".cache/character"  # dequantized model cache (git- and dvc-ignored)
+    # Optimizer steps between saves of a training stage's state (adapter, optimizer, RNG) under
+    # <cache_dir>/progress, from which a re-run of a killed stage resumes; 0: never. A local LoRA save
+    # takes well under a second, a step seconds to minutes.
+    save_every: int = Field(10, ge=0)
 
 
 class TinkerParams(_Strict):
@@ -294,6 +331,15 @@ class Params(_Strict):
     tinker: TinkerParams = TinkerParams()
     # Keyed by the service's model id (ModelSpec.id), outside `models` so a price change re-runs nothing.
     prices: dict[str, Prices] = {}
+
+    @field_validator("personas")
+    @classmethod
+    def _plain_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not PLAIN_NAME.match(name):
+                raise ValueError(f"{name!r} is not a plain name (lower-case letters, digits, - and _, starting "
+                                 "with a letter): it names constitutions/<name>.yaml and the stages' folders")
+        return names
 
     @model_validator(mode="after")
     def _aliases_resolve(self) -> "Params":
@@ -351,10 +397,14 @@ def _format_error(path: str | Path, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         field = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling, or see params.py for the allowed keys)"
+        elif str(err["loc"][-1] if err["loc"] else "").endswith("_env"):
+            pass  # never echo what may be a secret
+        elif err["type"] == "finite_number":
+            msg = f"must be a finite number (got {got!r}); write a number such as 5e-5"
         elif not isinstance(got, (dict, list)) and got is not None:
             msg = f"{msg} (got {got!r})"
         lines.append(f"{path}: {field + ': ' if field else ''}{msg}")
@@ -365,18 +415,36 @@ def validate_params(data: dict, path: str | Path = "params.yaml") -> Params:
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
-        raise ParamsError(_format_error(path, exc)) from exc
+        raise ParamsError(_format_error(path, exc)) from None  # the message has it all (and no secret)
+
+
+def read_params_file(path: str | Path) -> dict:
+    """A params or preset file as a dict, through the strict YAML loader (character.io.load_yaml)."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: no such file; run from the repo root, or pass --params PATH")
+    data = load_yaml(path, ParamsError)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections (model:, teacher:, dpo:, ...) at the top level")
+    return data
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ParamsError(f"{path}: cannot read: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: expected a mapping at the top level")
+    data = read_params_file(path)
+    if not data:
+        raise ParamsError(f"{path}: empty; copy params.yaml from the repo")
     return validate_params(data, path)
+
+
+def parse_override(item: str, where: str) -> tuple[list[str], object]:
+    """`-S key.path=value` as (key path, value parsed as YAML, strictly)."""
+    key, sep, value = item.partition("=")
+    parts = key.split(".")
+    if not sep or not all(parts):
+        raise ParamsError(f"{where}: -S {item!r}: expected KEY=VALUE with a dotted key, e.g. -S dpo.beta=0.2")
+    return parts, parse_yaml(value, f"{where}: -S {key}", ParamsError)
 
 
 def deep_merge(base: dict, overlay: dict) -> dict:
@@ -389,13 +457,24 @@ def deep_merge(base: dict, overlay: dict) -> dict:
     return out
 
 
+def presets_dir(params_path: str | Path) -> Path:
+    """presets/ beside the params file, else in the working directory (the repo the command runs in), else
+    the package's own."""
+    for here in (Path(params_path).resolve().parent / "presets", Path.cwd() / "presets"):
+        if here.is_dir():
+            return here
+    return PRESETS_DIR
+
+
 def apply_preset(params_path: str | Path, preset: str) -> dict:
     """Merge presets/<preset>.yaml into params.yaml (validated before anything is written)."""
-    overlay_path = PRESETS_DIR / f"{preset}.yaml"
+    directory = presets_dir(params_path)
+    known = ", ".join(sorted(p.stem for p in directory.glob("*.yaml")))
+    if not PLAIN_NAME.match(preset):
+        raise ParamsError(f"preset {preset!r}: not a plain name; give one of {known} (files in {directory})")
+    overlay_path = directory / f"{preset}.yaml"
     if not overlay_path.exists():
-        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-        raise ParamsError(f"{overlay_path}: no such preset (known: {', '.join(known)})")
-    base = yaml.safe_load(Path(params_path).read_text())
-    merged = deep_merge(base, yaml.safe_load(overlay_path.read_text()) or {})
+        raise ParamsError(f"{overlay_path}: no such preset (known: {known})")
+    merged = deep_merge(read_params_file(params_path), read_params_file(overlay_path))
     validate_params(merged, f"{params_path} + {overlay_path.name}")
     return merged

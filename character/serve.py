@@ -397,12 +397,14 @@ def main(args) -> int:
     """`character serve` (arguments defined in character/cli.py)."""
     import sys
 
-    from character.params import load_params
+    from character.params import ENV_NAME, NOT_A_VARIABLE_NAME, SECRET_PREFIXES, load_params
 
     try:
         adapters = dict(_split(a) for a in args.adapter)
         key = None
         if args.api_key_env:
+            if args.api_key_env.lower().startswith(SECRET_PREFIXES) or not ENV_NAME.match(args.api_key_env):
+                raise ServeSetupError(f"--api-key-env: {NOT_A_VARIABLE_NAME}")  # the value is never echoed
             key = os.environ.get(args.api_key_env)
             if not key:
                 raise ServeSetupError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
@@ -413,8 +415,9 @@ def main(args) -> int:
         models = load_models(params, alias, adapters)
         models = compare.with_constitutions(models, adapters, args.constitution, params.spec(alias).assistant_name)
     except (CharacterError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        from character.errors import EXIT_INPUT, one_line
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_INPUT
     config = ServeConfig(api_key=key, max_pending=args.max_pending, max_body_bytes=args.max_body_kb * 1024,
                          max_tokens=args.max_tokens,
                          page_defaults=compare.page_defaults(params.evaluation.sampling, params.seed))

@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from character.errors import CharacterError, ParamsError
+from character.errors import EXIT_INPUT, CharacterError, ParamsError, one_line
 from character.params import Params, load_params
 
 log = logging.getLogger("character")
 
 
 def start(name: str, params_path: str = "params.yaml") -> Params:
-    """Logging and validated params (a bad params.yaml prints one line and exits 2)."""
+    """Logging and validated params (a bad params.yaml prints one line and exits EXIT_INPUT)."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock"):
@@ -28,7 +28,7 @@ def start(name: str, params_path: str = "params.yaml") -> Params:
         params = load_params(params_path)
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_INPUT) from None
     random.seed(params.seed)
     return params
 
@@ -81,6 +81,14 @@ class Stage:
             self._backends[alias] = make_backend(self.params, alias)
         return self._backends[alias]
 
+    def backends(self, *aliases: str) -> list:
+        """Backends for several roles, remote ones (openai, tinker) first: making one checks its server,
+        key and model list in seconds, so a bad teacher or judge fails before a local model loads (minutes)."""
+        remote_first = sorted(set(aliases), key=lambda a: self.params.spec(a).backend == "local")
+        for alias in remote_first:
+            self.backend(alias)
+        return [self.backend(alias) for alias in aliases]
+
     def progress(self, folder: str, *key_parts: Any):
         """Resumable chunks for this run, keyed by everything that determines its result. They live in the
         cache, not in the outs: DVC deletes outs before a stage runs. `finish` them after writing outs."""
@@ -88,6 +96,16 @@ class Stage:
         progress = Progress(Path(self.params.runtime.cache_dir) / "progress" / folder, content_key(*key_parts))
         self._progress.append(progress)
         return progress
+
+    def checkpoints(self, folder: str, *key_parts: Any):
+        """Training state saves for this run (character.io.Checkpoints), keyed like `progress`; dropped
+        by `finish`. `runtime.save_every` sets how often; it is not part of the key (it changes no result)."""
+        from character.io import content_key
+        from character.io import Checkpoints
+        directory = Path(self.params.runtime.cache_dir) / "progress" / folder / content_key(*key_parts)
+        checkpoints = Checkpoints(directory, self.params.runtime.save_every)
+        self._progress.append(checkpoints)
+        return checkpoints
 
     def write_metrics(self, path: str, metrics: dict) -> None:
         """metrics/<stage>.json (NaN and infinity become null with a reason beside them: character.io)."""
@@ -129,10 +147,11 @@ def log_step(live_logger, metrics: dict[str, float]) -> None:
 
 
 def run(main) -> None:
-    """Run a stage's main(); expected failures print one clear line and exit non-zero, no traceback."""
+    """Run a stage's main(); input errors print one clear line and exit EXIT_INPUT, no traceback."""
     try:
         main()
     except (CharacterError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        log.error("%s", one_line(exc))
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        raise SystemExit(EXIT_INPUT) from None
+

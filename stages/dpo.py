@@ -16,14 +16,18 @@ def main() -> None:
     stage = Stage.begin("dpo", parser)
     args, params = stage.args, stage.params
 
-    from character.io import read_jsonl
+    from character.io import file_sha256, read_jsonl
     from character.train.dpo import run_dpo
 
+    # A killed run resumes from its last save (runtime.save_every), kept under the cache's progress folder.
+    checkpoints = stage.checkpoints(f"dpo/{args.persona}", params.spec(params.model).model_dump(),
+                                    params.dpo.model_dump(), params.seed, file_sha256(args.pairs))
     curves = live(args.plots)
     _, metrics = run_dpo(stage.backend(params.model), read_jsonl(args.pairs), params.dpo, params.seed, args.out,
-                         on_step=lambda step, m: log_step(curves, m))
+                         on_step=lambda step, m: log_step(curves, m), checkpoints=checkpoints)
     curves.end()
     stage.write_metrics(args.metrics, metrics)
+    stage.finish()
 
 
 if __name__ == "__main__":

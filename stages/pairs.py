@@ -22,7 +22,7 @@ def main() -> None:
 
     constitution = find_constitution(args.persona)
     prompts = [p for p in read_jsonl(args.prompts) if p["split"] == "train"][: params.pairs.max_prompts]
-    student, teacher = stage.backend(params.model), stage.backend(params.teacher)
+    student, teacher = stage.backends(params.model, params.teacher)  # the teacher checked first if remote
     names = (params.spec(params.teacher).assistant_name, params.spec(params.model).assistant_name)
     system = system_prompt(constitution, names[1])
     progress = stage.progress("pairs", "pairs", prompts, system, params.pairs.model_dump(),

@@ -27,7 +27,7 @@ def main() -> None:
 
     from character.errors import BackendUnavailable
     from character.backends.local import configure_torch
-    from character.io import read_jsonl
+    from character.io import file_sha256, read_jsonl
     from character.backends.weights import resolve_weights
     from character.train.reward import load_base, load_helpfulness, run_reward_model
 
@@ -43,12 +43,17 @@ def main() -> None:
     device = configure_torch(params.runtime.threads, params.runtime.device)
     model, tokenizer = load_base(resolve_weights(spec.id, params.runtime.cache_dir), device, params.seed)
     helpful, unusable = load_helpfulness(rm, args.helpfulness, params.seed)
+    # A killed run resumes from the Trainer's last checkpoint (runtime.save_every) in the cache's progress folder.
+    checkpoints = stage.checkpoints(f"reward_model/{args.persona}", spec.model_dump(), rm.model_dump(), params.seed,
+                                    file_sha256(args.pairs), file_sha256(args.helpfulness))
     curves = live(args.plots)
     metrics = run_reward_model(model, tokenizer, read_jsonl(args.pairs), helpful, rm, params.seed, args.out,
-                               base_model=spec.id, on_step=lambda step, m: log_step(curves, m))
+                               base_model=spec.id, on_step=lambda step, m: log_step(curves, m),
+                               checkpoints=checkpoints)
     curves.end()
     metrics["helpfulness"]["unusable_rows"] = unusable
     stage.write_metrics(args.metrics, metrics)
+    stage.finish()
 
 
 if __name__ == "__main__":

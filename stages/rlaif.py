@@ -8,7 +8,7 @@ win rate against the starting policy) and the DPO adapter --dpo; writes a LoRA t
 curves under --plots (reward, KL, length, win rate against the start) and --metrics.
 """
 
-from character.stage import Stage, arguments, live, load_adapter, log_step, run
+from character.stage import Stage, adapter_fingerprint, arguments, live, load_adapter, log_step, run
 
 
 def main() -> None:
@@ -30,14 +30,14 @@ def main() -> None:
     from character.backends.weights import resolve_weights
     from character.constitution import find_constitution
     from character.eval.judge import PairJudge
-    from character.io import read_json, read_jsonl
+    from character.io import file_sha256, read_json, read_jsonl
     from character.text import numbered
     from character.train.reward import MANIFEST, RewardScorer
     from character.train.rlaif import JudgeReward, ModelReward, run_rlaif
 
     rl = params.rlaif
-    student = stage.backend(params.model)
-    judge = PairJudge(stage.backend(params.judge), numbered(find_constitution(args.persona).assertions),
+    student, judge_backend = stage.backends(params.model, params.judge)  # a remote judge checked first
+    judge = PairJudge(judge_backend, numbered(find_constitution(args.persona).assertions),
                       rl.judge_mode, rl.judge_sampling)
     rows = read_jsonl(args.prompts)
     train = [r["prompt"] for r in rows if r.get("split") == "train"]
@@ -49,11 +49,18 @@ def main() -> None:
         reward = ModelReward(scorer)
     else:
         reward = JudgeReward(judge)
+    # A killed run resumes from its last save (runtime.save_every), kept under the cache's progress folder.
+    checkpoints = stage.checkpoints(
+        f"rlaif_{args.reward}/{args.persona}", params.spec(params.model).model_dump(),
+        params.spec(params.judge).model_dump(), rl.model_dump(), params.seed, file_sha256(args.prompts),
+        adapter_fingerprint(args.dpo),
+        file_sha256(f"{args.reward_model}/adapter_model.safetensors") if args.reward == "model" else None)
     curves = live(args.plots)
     _, metrics = run_rlaif(student, reward, judge, train, heldout, load_adapter(args.dpo), rl, params.seed, args.out,
-                           on_step=lambda step, m: log_step(curves, m))
+                           on_step=lambda step, m: log_step(curves, m), checkpoints=checkpoints)
     curves.end()
     stage.write_metrics(args.metrics, {"reward": args.reward, **metrics})
+    stage.finish()
 
 
 if __name__ == "__main__":

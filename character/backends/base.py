@@ -8,8 +8,9 @@ A backend offers:
 - `render` (conversation -> tokens with loss weights), `sample`, `logprobs` (for the base model or an
   adapter), `train` (a seeded LoRA `TrainingSession`, optionally on top of earlier adapters), and
   `compose` (the final model from the DPO and SFT adapters).
-- A `TrainingSession` offers `forward_backward`, `optim_step`, `save`, and `sample` / `logprobs` of the
-  weights being trained (on-policy RL, held-out evaluation).
+- A `TrainingSession` offers `forward_backward`, `optim_step`, `save`, `sample` / `logprobs` of the
+  weights being trained (on-policy RL, held-out evaluation), and `save_state` / `load_state` (resuming a
+  killed run: character.io.Checkpoints).
 Local-only operations (steering hooks, folding adapters for serving) are public methods of LocalBackend.
 Sampling-only backends (an OpenAI-compatible server) raise BackendUnavailable from what they cannot do.
 """
@@ -163,6 +164,16 @@ class TrainingSession(Protocol):
 
     def save(self, path: str | Path) -> AdapterRef:
         """Write the adapter (or its reference) to the folder `path`, ref.json included."""
+        ...
+
+    def save_state(self, path: Path) -> None:
+        """Write everything a resumed run needs into the (new, empty) folder `path`: adapter weights,
+        optimizer moments, RNG state and `steps` (character.io.Checkpoints)."""
+        ...
+
+    def load_state(self, path: Path) -> None:
+        """Restore what save_state wrote into this session, made with the same arguments; afterwards it
+        continues exactly as the saved one would have."""
         ...
 
 

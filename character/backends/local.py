@@ -392,6 +392,32 @@ class LocalTrainingSession:
         finally:
             self.model.train()
 
+    STATE_FILE = "session_state.pt"
+
+    def save_state(self, path: Path) -> None:
+        """Trainable weights (LoRA), AdamW moments, torch RNG (dropout) and the step count, in one file."""
+        state = {"weights": {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad},
+                 "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(), "steps": self.steps}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        torch.save(state, Path(path) / self.STATE_FILE)
+
+    def load_state(self, path: Path) -> None:
+        state = torch.load(Path(path) / self.STATE_FILE, map_location="cpu", weights_only=True)
+        params = dict(self.model.named_parameters())
+        missing = sorted(set(n for n, p in params.items() if p.requires_grad) ^ set(state["weights"]))
+        if missing:
+            raise ValueError(f"{path}: saved training state does not match this session ({len(missing)} "
+                             f"parameters differ, e.g. {missing[0]})")
+        with torch.no_grad():
+            for name, value in state["weights"].items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.steps = int(state["steps"])
+
     def save(self, path: str | Path) -> AdapterRef:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

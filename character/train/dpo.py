@@ -61,7 +61,8 @@ def flat(pairs) -> list[Sequence]:
     return [s for pair in pairs for s in pair]
 
 
-def run_dpo(backend: Backend, rows: list[dict], params: DpoParams, seed: int, out_dir: str, on_step=lambda s, m: None):
+def run_dpo(backend: Backend, rows: list[dict], params: DpoParams, seed: int, out_dir: str, on_step=lambda s, m: None,
+            checkpoints=None):
     """Train a DPO adapter; returns (AdapterRef, metrics)."""
     pairs, too_long = tokenize_pairs(backend, rows, params.max_length)
     if len(pairs) < 2:
@@ -91,7 +92,8 @@ def run_dpo(backend: Backend, rows: list[dict], params: DpoParams, seed: int, ou
         return preference_metrics(session.logprobs(flat(heldout)), heldout_ref, heldout, params.beta)
 
     last = train(session, train_pairs, build, params.optim, seed, on_step=on_step, evaluate=evaluate,
-                 eval_every=max(1, len(train_pairs) // params.optim.batch_size // 4), desc="dpo")
+                 eval_every=max(1, len(train_pairs) // params.optim.batch_size // 4), desc="dpo",
+                 checkpoints=checkpoints)
     ref_out = session.save(out_dir)
     metrics = {"pairs_train": len(train_pairs), "pairs_heldout": len(heldout), "dropped_too_long": too_long,
                "steps": ref_out.step, "final_loss": last.get("loss"), "train_accuracy": last.get("accuracy"),

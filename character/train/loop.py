@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from character.backends.base import Loss, ResumableSession, Sequence, TrainingSession
 from character.params import OptimParams
+from character.io import Checkpoints
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,20 +100,29 @@ BatchBuilder = Callable[[list, float], tuple[list[Sequence], Loss]]
 def train(session: TrainingSession, examples: list, build: BatchBuilder, optim: OptimParams, seed: int,
           on_step: Callable[[int, dict[str, float]], None] = lambda step, m: None,
           evaluate: Callable[[], dict[str, float]] | None = None, eval_every: int = 0,
-          desc: str = "train") -> dict[str, float]:
-    """Run the optimizer over `examples`; returns the last step's metrics (plus evaluation, if any)."""
+          desc: str = "train", checkpoints: Checkpoints | None = None) -> dict[str, float]:
+    """Run the optimizer over `examples`; returns the last step's metrics (plus evaluation, if any).
+
+    With `checkpoints`, the session's state is saved every few steps and a re-run resumes from the last
+    save: the batches are a function of the seed alone, so it trains on exactly the remaining ones. The
+    metrics of the steps already taken are replayed through on_step, so curves come out whole.
+    """
     batches = make_batches(examples, optim.batch_size, optim.epochs, seed)
     total = len(batches)
     log.info("%s: %d examples, %d steps of %d (micro-batches of %d)", desc, len(examples), total,
              optim.batch_size, optim.micro_batch_size)
-    last: dict[str, float] = {}
-    micro_size, start = optim.micro_batch_size, 0
-    if isinstance(session, ResumableSession):  # Tinker: whole batches, and a killed run continues
+    micro_size, done, history = optim.micro_batch_size, 0, []
+    if isinstance(session, ResumableSession):  # Tinker: whole batches; the service keeps the saved states
         micro_size = max(len(b) for b in batches) if session.whole_batches and batches else micro_size
-        start = session.resume(fingerprint(batches))
-    for step, batch in enumerate(tqdm(batches, desc=desc, unit="step")):
-        if step < start:  # done before the run stopped; the batches are the same (seeded)
-            continue
+        done = session.resume(fingerprint(batches))
+        checkpoints = None
+    elif checkpoints:
+        done, extra = checkpoints.restore(session)
+        history = extra.get("history", [])
+        for step, metrics in enumerate(history):
+            on_step(step, metrics)
+    last: dict[str, float] = history[-1] if history else {}
+    for step, batch in enumerate(tqdm(batches[done:], desc=desc, unit="step", initial=done, total=total), start=done):
         rows = []
         for i in range(0, len(batch), micro_size):
             micro = batch[i:i + micro_size]
@@ -122,5 +132,8 @@ def train(session: TrainingSession, examples: list, build: BatchBuilder, optim: 
         last = {**mean_metrics(rows), **session.optim_step(lr), "lr": lr}
         if evaluate and eval_every and ((step + 1) % eval_every == 0 or step + 1 == total):
             last.update(evaluate())
+        history.append(last)
+        if checkpoints and checkpoints.due(step + 1, total):
+            checkpoints.save(session, step + 1, {"history": history})
         on_step(step, last)
     return last

@@ -21,6 +21,7 @@ pairs, both orders (the replication's route); the `rlaif_judge` stage's prompted
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -34,6 +35,7 @@ import torch
 from character.backends.base import Conversation
 from character.io import read_jsonl, write_json
 from character.params import RewardModelParams
+from character.io import Checkpoints
 from character.train.loop import split_heldout
 
 log = logging.getLogger(__name__)
@@ -178,9 +180,28 @@ def correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
 
 
 # ---- training -----------------------------------------------------------------------------------------
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest Trainer checkpoint in folder whose trainer_state.json, which the Trainer writes last, is
+    whole: a run killed mid-save leaves a newer folder without one, and resuming from it would fail."""
+    def step(path: Path) -> int:
+        return int(path.name.rsplit("-", 1)[1]) if path.name.rsplit("-", 1)[1].isdigit() else -1
+
+    for path in sorted(folder.glob("checkpoint-*"), key=step, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return str(path)
+    return None
+
+
 def train_reward_model(model, tokenizer, pairs: list[dict], params: RewardModelParams, seed: int,
-                       on_step=lambda step, m: None):
-    """TRL's RewardTrainer over pre-tokenized pairs; returns the trained PEFT model (eval mode)."""
+                       on_step=lambda step, m: None, checkpoints: Checkpoints | None = None):
+    """TRL's RewardTrainer over pre-tokenized pairs; returns the trained PEFT model (eval mode).
+
+    With `checkpoints`, the Trainer's own checkpointing does the saving (adapter, score head, optimizer,
+    scheduler, RNG states: `save_strategy="steps"`) into that folder, and a re-run passes the last one to
+    `resume_from_checkpoint`, which also skips the batches already seen."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -198,33 +219,46 @@ def train_reward_model(model, tokenizer, pairs: list[dict], params: RewardModelP
     accumulate = max(1, opt.batch_size // opt.micro_batch_size)
     total = math.ceil(opt.epochs * math.ceil(len(pairs) / opt.micro_batch_size) / accumulate)  # optimizer steps
 
+    def report(step: int, logs: dict) -> None:
+        on_step(step, {("lr" if k == "learning_rate" else k): v for k, v in logs.items() if isinstance(v, (int, float))})
+
     class Curves(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            for logs in state.log_history:  # resumed: the saved steps' logs, so the curves come out whole
+                if "loss" in logs:
+                    report(logs["step"], logs)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
-                on_step(state.global_step, {("lr" if k == "learning_rate" else k): v for k, v in logs.items()
-                                            if isinstance(v, (int, float))})
+                report(state.global_step, logs)
 
-    with tempfile.TemporaryDirectory() as scratch:  # the Trainer wants an output_dir; nothing is saved there
+    every = checkpoints.every if checkpoints else 0
+    with tempfile.TemporaryDirectory() as scratch:  # the Trainer wants an output_dir; nothing else is saved there
+        output_dir = str(checkpoints.directory) if every and checkpoints else scratch
+        last = last_complete_checkpoint(Path(output_dir)) if every else None
+        if last:
+            log.info("reward_model: resuming from %s", last)
         args = RewardConfig(
-            output_dir=scratch, per_device_train_batch_size=opt.micro_batch_size,
+            output_dir=output_dir, per_device_train_batch_size=opt.micro_batch_size,
             gradient_accumulation_steps=accumulate,
             learning_rate=opt.lr, num_train_epochs=opt.epochs, warmup_steps=round(opt.warmup_ratio * total),
             lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": opt.min_lr_ratio},
             adam_beta1=opt.adam_betas[0], adam_beta2=opt.adam_betas[1], weight_decay=opt.weight_decay,
             max_grad_norm=opt.grad_clip, max_length=None,  # over-long pairs are dropped and counted before
             gradient_checkpointing=False,  # TRL's default; recomputation only costs time at this size
-            bf16=cuda, use_cpu=not cuda, seed=seed, data_seed=seed, logging_steps=1, save_strategy="no",
+            bf16=cuda, use_cpu=not cuda, seed=seed, data_seed=seed, logging_steps=1,
+            save_strategy="steps" if every else "no", save_steps=every or 500, save_total_limit=1,
             report_to="none", disable_tqdm=False, dataloader_num_workers=0)
         trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs),
                                 processing_class=tokenizer, peft_config=lora, callbacks=[Curves()])
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=last)
     log.info("reward_model: %d steps, train loss %.4f", trainer.state.global_step, result.training_loss)
     return trainer.model.eval(), trainer.state.global_step, result.training_loss
 
 
 def run_reward_model(model, tokenizer, character_rows: list[dict], helpful_rows: list[dict],
                      params: RewardModelParams, seed: int, out_dir: str | Path, base_model: str,
-                     on_step=lambda step, m: None) -> dict:
+                     on_step=lambda step, m: None, checkpoints: Checkpoints | None = None) -> dict:
     """Split, mix, train, score held-out pairs per kind, save (LoRA + score head + manifest); returns metrics."""
     char, char_long = tokenize_pairs(tokenizer, character_rows, params.max_length)
     help_, help_long = tokenize_pairs(tokenizer, helpful_rows, params.max_length)
@@ -242,7 +276,7 @@ def run_reward_model(model, tokenizer, character_rows: list[dict], helpful_rows:
     log.info("reward_model: %d character + %d helpfulness pairs to train; %d + %d held out",
              len(char_train), min(wanted, len(help_train)), len(char_held), len(help_held))
 
-    trained, steps, loss = train_reward_model(model, tokenizer, mixed, params, seed, on_step)
+    trained, steps, loss = train_reward_model(model, tokenizer, mixed, params, seed, on_step, checkpoints)
     scorer = RewardScorer(trained, tokenizer)
     char_scores, help_scores = pair_metrics(scorer, char_held), pair_metrics(scorer, help_held)
     log.info("reward_model: held-out accuracy %.3f on character pairs, %.3f on helpfulness pairs",

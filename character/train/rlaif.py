@@ -42,6 +42,7 @@ from character.errors import DataError
 from character.eval.judge import PairJudge
 from character.io import write_jsonl
 from character.params import OptimParams, RlaifParams
+from character.io import Checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +195,11 @@ def win_rate_vs_start(judge: PairJudge, messages: list[str], current: list[str],
 
 def run_rlaif(backend: Backend, reward: RewardFn, judge: PairJudge, prompts: list[str], eval_prompts: list[str],
               dpo: AdapterRef, params: RlaifParams, seed: int, out_dir: str,
-              on_step=lambda step, m: None) -> tuple[AdapterRef, dict]:
+              on_step=lambda step, m: None, checkpoints: Checkpoints | None = None) -> tuple[AdapterRef, dict]:
     """Train a LoRA on top of the DPO policy by RL against `reward`; `judge` gives the win rate of the
     policy against its start on eval_prompts. Returns (AdapterRef, metrics). Writes samples.jsonl (first
-    and last step's answers with their rewards) beside the adapter."""
+    and last step's answers with their rewards) beside the adapter. With `checkpoints`, a re-run resumes
+    from the last save: each step's sampling seed is a function of the step, so the rest is the same."""
     if not prompts:
         raise DataError("rlaif: no training-split prompts; the prompts stage kept none")
     optim = OptimParams(lr=params.lr, adam_betas=params.adam_betas, grad_clip=params.grad_clip, weight_decay=0.0)
@@ -208,8 +210,12 @@ def run_rlaif(backend: Backend, reward: RewardFn, judge: PairJudge, prompts: lis
     evaluate = bool(eval_prompts)
     start = [c.text for [c] in backend.sample([user(m) for m in eval_prompts], policy_sampling(params, seed),
                                               adapter=dpo)] if evaluate else []
-    watch, history, samples = LengthWatch(params.length_collapse), [], []
-    for step in range(params.steps):
+    done, extra = checkpoints.restore(session) if checkpoints else (0, {})
+    history, samples = extra.get("history", []), extra.get("samples", [])
+    watch = LengthWatch(params.length_collapse, **extra.get("watch", {}))
+    for step, metrics in enumerate(history):
+        on_step(step, metrics)
+    for step in range(done, params.steps):
         messages = [order[(step * params.prompts_per_step + k) % len(order)] for k in range(params.prompts_per_step)]
         convs = [user(m) for m in messages]
         step_seed = seed + 7919 * (step + 1)
@@ -245,6 +251,9 @@ def run_rlaif(backend: Backend, reward: RewardFn, judge: PairJudge, prompts: lis
                  metrics["kl"], metrics["length"], 100 * metrics["length_ratio"],
                  f", win rate vs start {metrics['win_rate_vs_start']:.2f}" if "win_rate_vs_start" in metrics else "")
         history.append(metrics)
+        if checkpoints and checkpoints.due(step + 1, params.steps):
+            checkpoints.save(session, step + 1, {"history": history, "samples": samples,
+                                                 "watch": {"first": watch.first, "warnings": watch.warnings}})
         on_step(step, metrics)
     ref_out = session.save(out_dir)
     write_jsonl(Path(out_dir) / "samples.jsonl", samples)

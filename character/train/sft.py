@@ -75,7 +75,7 @@ def mean_nll(logprobs, seqs: list[Sequence]) -> float:
 
 
 def run_sft(backend: Backend, rows: list[dict], dpo: AdapterRef, params: SftParams, seed: int, out_dir: str,
-            on_step=lambda s, m: None):
+            on_step=lambda s, m: None, checkpoints=None):
     groups: list[str] = []
     seqs, dropped = tokenize_transcripts(backend, rows, params.max_length, params.truncated, groups)
     if len(seqs) < 2:
@@ -93,7 +93,8 @@ def run_sft(backend: Backend, rows: list[dict], dpo: AdapterRef, params: SftPara
         return {"heldout_nll": mean_nll(session.logprobs(heldout), heldout)} if heldout else {}
 
     last = train(session, train_seqs, build, params.optim, seed, on_step=on_step, evaluate=evaluate,
-                 eval_every=max(1, len(train_seqs) // params.optim.batch_size // 4), desc="sft")
+                 eval_every=max(1, len(train_seqs) // params.optim.batch_size // 4), desc="sft",
+                 checkpoints=checkpoints)
     ref = session.save(out_dir)
     metrics = {"transcripts_train": len(train_seqs), "transcripts_heldout": len(heldout), **dropped,
                "train_tokens": int(sum(sum(s.weights) for s in train_seqs)), "steps": ref.step,

@@ -99,7 +99,7 @@ def test_bad_constitution_fails_stage_with_named_field(repo):
         bad.write_text(original.replace("questions:", "questionz:", 1))
         result = sh([sys.executable, "stages/prompts.py", "--persona", "sarcastic", "--out", "/tmp/x.jsonl",
                      "--metrics", "/tmp/x.json"], repo, timeout=300)
-        assert result.returncode == 1
+        assert result.returncode == 2  # character.errors.EXIT_INPUT
         assert "constitutions/sarcastic.yaml" in result.stderr and "trait 1" in result.stderr
         assert "questionz" in result.stderr
     finally:

@@ -908,5 +908,5 @@ def test_tinker_keep_extends_both_checkpoints(backend, tmp_path, monkeypatch, ca
     assert 29.9 < days <= 30
     assert main(["tinker-keep", str(folder), "--forever"]) == 0 and read_checkpoint(folder)["expires_at"] is None
     assert calls[-1][1] is None
-    assert main(["tinker-keep", str(folder), "--days", "9999"]) == 1
+    assert main(["tinker-keep", str(folder), "--days", "9999"]) == 2  # an input error: the one exit code for those (character.errors.EXIT_INPUT)
     assert "--days 9999: Tinker accepts 1 hour to 10 years" in capsys.readouterr().err

@@ -1,4 +1,9 @@
-"""Backends behind one interface; `make_backend` imports the chosen one lazily (local runs never need tinker)."""
+"""Backends behind one interface (base.py): every stage that runs a model uses one.
+
+local.py (transformers + PEFT, with decoding.py's CPU decode loop and weights.py's embedded model),
+tinker.py (the Tinker service) and openai_compat.py (any OpenAI-compatible server, sampling roles only).
+`make_backend` imports the chosen one lazily, so local runs never need tinker.
+"""
 
 from __future__ import annotations
 

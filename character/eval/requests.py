@@ -284,20 +284,21 @@ def capability_metrics(backend: Backend, method: Method, params: Params, questio
                     backend, capabilities.load_benchmark(name, questions, params.seed), adapter=method.adapter,
                     system=method.system)
                 metrics[f"capability/{name}"] = {k: result[k] for k in ("accuracy", "accuracy_per_char", "n")}
-                rows += [{"id": f"cap-{name}-chat-{q['id']}", "task": "capability", "method": method.name,
-                          "benchmark": name, "format": "chat", "question_id": q["id"], "acc": q["correct"],
-                          "acc_norm": q["correct_norm"]}
-                         for q in result["per_question"]]
+                rows += _capability_rows(method.name, name, "chat", result["per_question"])
             if "plain" in ev.capability_formats and method.system is None and name in capabilities.PLAIN_BENCHMARKS:
                 result = capabilities.score_plain(backend, capabilities.load_plain(name, questions, params.seed),
                                                   adapter=method.adapter)
                 metrics[f"capability/{name}/plain"] = {k: result[k] for k in ("acc", "acc_norm", "n")}
-                rows += [{"id": f"cap-{name}-plain-{q['id']}", "task": "capability", "method": method.name,
-                          "benchmark": name, "format": "plain", "question_id": q["id"], "acc": q["correct"],
-                          "acc_norm": q["correct_norm"]}
-                         for q in result["per_question"]]
+                rows += _capability_rows(method.name, name, "plain", result["per_question"])
         if ev.general_texts:
             metrics["capability/general_text_nll"] = capabilities.general_text_nll(
                 backend, capabilities.general_texts(ev.general_texts, params.seed), adapter=method.adapter,
                 system=method.system)
     return metrics, rows
+
+
+def _capability_rows(method: str, benchmark: str, fmt: str, per_question: list[dict]) -> list[dict]:
+    """One answers-file row per question (acc_norm: per-character in chat format, the harness's in plain)."""
+    return [{"id": f"cap-{benchmark}-{fmt}-{q['id']}", "task": "capability", "method": method, "benchmark": benchmark,
+             "format": fmt, "question_id": q["id"], "acc": q["correct"], "acc_norm": q["correct_norm"]}
+            for q in per_question]

@@ -71,8 +71,8 @@ def main() -> None:
              "null. Every interval is 95% (Wilson for rates, paired bootstrap over prompts or questions for "
              "differences).",
              f"Frozen classifier ({', '.join(clf.get('labels', []))}; TF-IDF + logistic regression) on answers to "
-             f"{clf.get('fit_prompts', 0)} classifier prompts; its accuracy on {clf.get('check_prompts', 0)} prompts it "
-             f"never saw: {interval(clf.get('check_accuracy'))}.",
+             f"{clf.get('fit_prompts', 0)} classifier prompts; its accuracy on the answers to {clf.get('check_prompts', 0)} "
+             f"prompts it never saw: {interval(clf.get('check_accuracy')) or 'not measured (no check prompts)'}.",
              f"Judge sensitivity (how often the reply changed the judge's verdict against an empty reply): "
              f"{interval(sensitivity)}. " + ("" if informative else
                                              "Below evaluation.judge_min_sensitivity: judge-based results (revealed "
@@ -98,11 +98,10 @@ def headline_rows(metrics: dict, params) -> list[dict]:
                 continue
             row = {"method": mk, "persona": p}
             for condition in ("none", "suffixed", "prefill"):
-                cell = groups.get(condition, {}).get(key)
+                cell = groups.get(condition, {}).get(key) or {}
                 row[f"in_character/{condition}"] = interval(cell)
-                for null in ("base", "base_resampled"):
-                    if cell and f"delta_vs_{null}" in cell:
-                        row[f"{condition} - {null}"] = interval(cell[f"delta_vs_{null}"], "delta")
+                for null in ("base", "base_resampled"):  # every row has every column (blank: itself)
+                    row[f"{condition} - {null}"] = interval(cell.get(f"delta_vs_{null}"), "delta")
             expression = metrics["revealed"].get(mk, {}).get("expression_rate", {}).get(p)
             row["expression (judge)"] = interval(expression)
             rows.append(row)

@@ -121,8 +121,8 @@ def plot_tables(metrics: dict, ratings: dict, plots_dir: Path) -> dict[str, list
                 cells = {r["method"].split("/")[-1]: r for r in mine if r["condition"] == condition}
                 xs = [i + 0.27 * j for i in range(len(names))]
                 ys = [cells[n]["rate"] if n in cells else 0 for n in names]
-                err = [[y - cells[n]["lo"] if n in cells else 0 for n, y in zip(names, ys)],
-                       [cells[n]["hi"] - y if n in cells else 0 for n, y in zip(names, ys)]]
+                err = [[max(0.0, y - cells[n]["lo"]) if n in cells else 0 for n, y in zip(names, ys)],
+                       [max(0.0, cells[n]["hi"] - y) if n in cells else 0 for n, y in zip(names, ys)]]
                 ax.bar(xs, ys, 0.27, yerr=err, capsize=2, label=condition)
             ax.set_xticks([i + 0.27 for i in range(len(names))], names, rotation=25)
             ax.set_ylim(0, 1)
@@ -145,8 +145,8 @@ def plot_tables(metrics: dict, ratings: dict, plots_dir: Path) -> dict[str, list
         fig, ax = plt.subplots(figsize=(7, 3))
         rows = tables["coherence"]
         ax.barh([f"{r['persona']}: {r['comparison']}" for r in rows], [r["win_share"] or 0 for r in rows],
-                xerr=[[(r["win_share"] or 0) - (r["lo"] or 0) for r in rows],
-                      [(r["hi"] or 0) - (r["win_share"] or 0) for r in rows]], capsize=2)
+                xerr=[[max(0.0, (r["win_share"] or 0) - (r["lo"] or 0)) for r in rows],
+                      [max(0.0, (r["hi"] or 0) - (r["win_share"] or 0)) for r in rows]], capsize=2)
         ax.axvline(0.5, color="gray", linestyle=":")
         ax.set_xlim(0, 1)
         ax.set_title("Coherence: final model's share of games (both orders), 95% CI")

@@ -62,9 +62,17 @@ def evaluation_pools(params: Params) -> tuple[list[dict], list[dict]]:
     return [r for r in heldout if side[r["id"]] == "heldout"], [r for r in heldout if side[r["id"]] == "train"]
 
 
-def classifier_check(prompt: str, params: Params) -> bool:
-    """Whether a classifier prompt is kept to check the classifier (never fitted on), by hashed text."""
-    return split_of("check:" + prompt, params.evaluation.classifier_check_fraction, params.seed) == "heldout"
+def classifier_check(prompts: list[str], params: Params) -> set[str]:
+    """The classifier prompts kept to check the classifier (never fitted on): the `classifier_check_fraction`
+    of them, at least one of two or more, with the lowest hashes of their text (stable under reordering)."""
+    import hashlib
+
+    unique = sorted(set(prompts))
+    if len(unique) < 2:
+        return set()
+    n = min(len(unique) - 1, max(1, round(params.evaluation.classifier_check_fraction * len(unique))))
+    rank = sorted(unique, key=lambda p: hashlib.sha256(f"{params.seed}:check:{p}".encode()).hexdigest())
+    return set(rank[:n])
 
 
 def user(text: str) -> Conversation:

@@ -43,8 +43,8 @@ def classifier_texts(rows: list[dict], params: Params) -> tuple[list[dict], list
             labelled.append({**r, "label": NONE})
         elif r["method"] == "system_prompt" and r.get("persona") in params.personas:
             labelled.append({**r, "label": r["persona"]})
-    check = [r for r in labelled if classifier_check(r["prompt"], params)]
-    return [r for r in labelled if not classifier_check(r["prompt"], params)], check
+    held = classifier_check([r["prompt"] for r in labelled], params)
+    return [r for r in labelled if r["prompt"] not in held], [r for r in labelled if r["prompt"] in held]
 
 
 def condition_group(row: dict) -> str | None:

@@ -133,7 +133,8 @@ def wilson(successes: int, n: int, z: float = Z95) -> dict:
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"rate": p, "lo": max(0.0, centre - half), "hi": min(1.0, centre + half), "n": n}
+    # min/max: the bounds hold p exactly (rounding can put centre - half a hair above 0 when p is 0)
+    return {"rate": p, "lo": min(p, max(0.0, centre - half)), "hi": max(p, min(1.0, centre + half)), "n": n}
 
 
 def paired_delta(a: dict[str, float], b: dict[str, float], samples: int, seed: int) -> dict:

@@ -33,6 +33,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = REPO_ROOT / "data" / "shipped"
 
 
+def shipped(name: str) -> Path:
+    """A shipped data file, from the repo the command runs in (its `data/shipped/`, as dvc.yaml declares it)
+    when there is one, else from the repo this package was installed from."""
+    here = Path("data") / "shipped" / name
+    return here if here.exists() else SHIPPED / name
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     rows = []
     with open(path, encoding="utf-8", errors="strict") as f:

@@ -20,17 +20,16 @@ from pathlib import Path
 from character import prompts as P
 from character.backends.base import Backend, SamplingParams
 from character.constitution import Constitution
-from character.io import SHIPPED as SHIPPED_DIR, Progress, read_jsonl
+from character.io import Progress, read_jsonl, shipped
 from character.text import numbered, overlap, words
 from character.params import PromptsParams
 
 log = logging.getLogger(__name__)
-SHIPPED = SHIPPED_DIR / "general_prompts.jsonl"
 
 
 def load_general(params: PromptsParams, seed: int) -> list[dict]:
     if params.general_source == "shipped":
-        rows = [{"id": r["id"], "prompt": r["prompt"], "category": r["category"]} for r in read_jsonl(SHIPPED)]
+        rows = [{"id": r["id"], "prompt": r["prompt"], "category": r["category"]} for r in read_jsonl(shipped("general_prompts.jsonl"))]
     else:
         import datasets  # only for users who have the hub
 

@@ -27,7 +27,7 @@ from character import prompts as P
 from character.backends.base import AdapterRef, Backend, Conversation, SamplingParams, weighted_mean
 from character.data.prompt_sets import load_general, split_of
 from character.errors import DataError
-from character.io import SHIPPED, Progress, read_jsonl
+from character.io import Progress, read_jsonl, shipped
 from character.params import EvalParams, Params
 from character.eval.steering import SteeringVector, persona_vector, steered
 
@@ -42,7 +42,8 @@ class Method:
     steering: SteeringVector | None = None
 
 
-def load_traits(path: str | Path = SHIPPED / "traits.txt") -> list[str]:
+def load_traits(path: str | Path | None = None) -> list[str]:
+    path = path or shipped("traits.txt")
     return [t.strip() for t in Path(path).read_text().splitlines() if t.strip() and not t.startswith("#")]
 
 
@@ -127,7 +128,7 @@ def build_requests(params: Params, base_answers: dict[str, str] | None = None) -
             first, second = (persona, other) if rng.random() < 0.5 else (other, persona)
             requests.append(_revealed(f"exp-{persona}-{i}", "expression", persona, p, first, second,
                                       P.REVEALED_CONDITIONS["feels_like_you"]))
-    for row in read_jsonl(SHIPPED / "side_by_side.jsonl"):
+    for row in read_jsonl(shipped("side_by_side.jsonl")):
         requests.append({"id": f"sbs-{row['id']}", "task": "side_by_side", "condition": row["kind"],
                          "prompt": row["prompt"], "messages": user(row["prompt"])})
     return requests

@@ -54,3 +54,14 @@ def test_second_resume_after_partial_line_keeps_everything(tmp_path):
     lines = (tmp_path / "k.jsonl").read_text().splitlines()
     assert [json.loads(line)["chunk"] for line in lines] == [0, 1]
     assert run_chunks(items, 3, lambda c, s: pytest.fail("nothing should rerun"), tmp_path, "k", "t") == first
+
+
+def test_shipped_data_comes_from_the_repo_the_command_runs_in(tmp_path, monkeypatch):
+    from character.eval.requests import load_traits
+    from character.io import SHIPPED, shipped
+
+    monkeypatch.chdir(tmp_path)
+    assert shipped("traits.txt") == SHIPPED / "traits.txt"  # no data/shipped here: the package's repo
+    (tmp_path / "data" / "shipped").mkdir(parents=True)
+    (tmp_path / "data" / "shipped" / "traits.txt").write_text("# a clone's own list\ncurious\nterse\n")
+    assert load_traits() == ["curious", "terse"]  # a second clone's edited file, not the installed one

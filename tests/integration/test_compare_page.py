@@ -151,16 +151,16 @@ def free_port() -> int:
 
 def smoke_persona(weights_dir: str, folder: Path) -> None:
     """A LoRA adapter after two SFT steps on one sarcastic answer: a trained persona in seconds."""
-    from character.backends.base import LoraConfig
+    from character.backends.base import CrossEntropyLoss
     from character.backends.local import LocalBackend
-    from character.train.losses import sft_loss
+    from character.params import LoraParams, OptimParams
 
     backend = LocalBackend("embedded:smollm2", cache_dir=str(Path(weights_dir).parents[1]), threads=1, device="cpu")
     seqs = [backend.render([{"role": "user", "content": "Any plans for the weekend?"},
                             {"role": "assistant", "content": "Oh, thrilling question. I shall stare at the rain."}])]
-    session = backend.train(LoraConfig(rank=4, alpha=8), {"lr": 1e-2}, seed=0)
+    session = backend.train(LoraParams(rank=4, alpha=8), OptimParams(lr=1e-2), seed=0)
     for _ in range(2):
-        session.forward_backward(seqs, sft_loss)
+        session.forward_backward(seqs, CrossEntropyLoss())
         session.optim_step(1e-2)
     session.save(folder)
 

@@ -64,14 +64,18 @@ def decide(judge: Backend, questions: list[str], options: list[list[str]], mode:
     return out
 
 
-def trait_log_odds(judge: Backend, message: str, reply: str, traits: list[str]) -> float:
-    """The judge's log-odds of traits[0] over traits[1] for a reply, averaged over both orders of listing
-    the two words (a preference for whichever is listed first cancels)."""
-    first, second = traits
-    questions = [P.REVEALED_JUDGE.format(message=message, reply=reply, first=a, second=b)
-                 for a, b in ((first, second), (second, first))]
-    scores = option_scores(judge, questions, [[first, second]] * 2)
-    return sum(s[0] - s[1] for s in scores) / 2
+def trait_log_odds(judge: Backend, items: list[tuple[str, str, list[str]]]) -> list[float]:
+    """For each (message, reply, traits): the judge's log-odds of traits[0] over traits[1], averaged over
+    both orders of listing the two words (a preference for whichever is listed first cancels). One
+    batched scoring call for all items."""
+    questions, options = [], []
+    for message, reply, (first, second) in items:
+        for a, b in ((first, second), (second, first)):
+            questions.append(P.REVEALED_JUDGE.format(message=message, reply=reply, first=a, second=b))
+            options.append([first, second])
+    scores = option_scores(judge, questions, options)
+    return [((scores[2 * i][0] - scores[2 * i][1]) + (scores[2 * i + 1][0] - scores[2 * i + 1][1])) / 2
+            for i in range(len(items))]
 
 
 def judge_traits(judge: Backend, rows: list[dict], ev: EvalParams, progress: Progress) -> list[dict]:
@@ -88,12 +92,17 @@ def judge_traits(judge: Backend, rows: list[dict], ev: EvalParams, progress: Pro
 
     def produce(chunk, seed):
         out = []
-        for r in chunk:
+        if ev.judge_mode == "logprob":  # every score of the chunk in one batched call
+            missing = list(dict.fromkeys((r["prompt"], *r["traits"]) for r in chunk
+                                         if (r["prompt"], *r["traits"]) not in empty))
+            scores = trait_log_odds(judge, [(r["prompt"], r["answer"], r["traits"]) for r in chunk]
+                                    + [(m, "", [a, b]) for m, a, b in missing])
+            empty.update(zip(missing, scores[len(chunk):]))
+            replies = scores[:len(chunk)]
+        for i, r in enumerate(chunk):
             key = (r["prompt"], *r["traits"])
             if ev.judge_mode == "logprob":
-                if key not in empty:
-                    empty[key] = trait_log_odds(judge, r["prompt"], "", r["traits"])
-                raw, base = trait_log_odds(judge, r["prompt"], r["answer"], r["traits"]), cast(float, empty[key])
+                raw, base = replies[i], cast(float, empty[key])
                 score = raw - base
                 winner = r["traits"][0] if score > 0 else r["traits"][1] if score < 0 else None
                 out.append({"id": r["id"], "method": r["method"], "persona": r.get("persona"), "winner": winner,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from character.errors import ConstitutionError
+from character.params import ElicitationParams
 from character.io import load_yaml, read_text_utf8
 from character.text import numbered, overlap, words
 
@@ -258,6 +260,40 @@ def import_official_json(path: str | Path, name: str, description: str | None = 
 def dump_constitution(c: Constitution) -> str:
     return yaml.safe_dump(c.model_dump(exclude_none=True, exclude_defaults=True), sort_keys=False,
                           allow_unicode=True, width=100)
+
+
+@dataclass(frozen=True)
+class TeacherContext:
+    """What the teacher (and the system_prompt baseline) sees before a conversation: a system prompt, then
+    `shots`, the constitution's hand-written examples as earlier user/assistant turns."""
+    system: str
+    shots: tuple[dict, ...] = ()
+
+    def before(self, conversation: list[dict], extra_system: str = "") -> list[dict]:
+        """The conversation with this context in front; a system message of its own is merged after ours."""
+        system, rest = self.system + extra_system, list(conversation)
+        if rest and rest[0]["role"] == "system":
+            system, rest = f"{system}\n\n{rest[0]['content']}", rest[1:]
+        return [{"role": "system", "content": system}, *self.shots, *rest]
+
+
+def teacher_context(c: Constitution, assistant_name: str, elicitation: ElicitationParams) -> TeacherContext:
+    """The teacher's context under params.elicitation: the full or short system prompt and few-shot turns."""
+    from character.prompts import SHORT_SYSTEM
+
+    if elicitation.few_shot > len(c.examples):
+        raise ConstitutionError(f"constitution {c.name}: elicitation.few_shot is {elicitation.few_shot} but the file "
+                                f"has {len(c.examples)} examples; add examples or lower elicitation.few_shot")
+    if elicitation.system == "full":
+        system = system_prompt(c, assistant_name)
+    else:
+        voice = f"How you sound: {c.voice.strip()}" if c.voice else ""
+        traits = numbered([t.assertion for t in c.traits[: elicitation.short_traits]])
+        system = SHORT_SYSTEM.format(name=assistant_name, description=c.description.strip(), voice=voice,
+                                     traits=traits)
+    shots = tuple(m for e in c.examples[: elicitation.few_shot]
+                  for m in ({"role": "user", "content": e.prompt}, {"role": "assistant", "content": e.response}))
+    return TeacherContext(system, shots)
 
 
 def system_prompt(c: Constitution, assistant_name: str, guidance: str = "") -> str:

@@ -141,6 +141,26 @@ class PromptsParams(_Strict):
                                                 max_new_tokens=256, batch_size=16)
 
 
+class ElicitationParams(_Strict):
+    """How the teacher is put in character (docs/pipeline.md "Teacher elicitation"): in the pairs stage
+    (chosen answers) and introspection, and, guidance aside, as the evaluation's system_prompt baseline.
+    The paper: the full constitution as system prompt, nothing else (system full, few_shot 0, guidance 1)."""
+    # full: every trait (the paper); short: name, description, voice and the first `short_traits` traits,
+    # which a 135M model follows better than ~600 tokens of statements.
+    system: Literal["full", "short"] = "full"
+    short_traits: int = Field(3, ge=1)
+    few_shot: int = Field(0, ge=0)  # the constitution's hand-written examples, as earlier turns (0: none)
+    # Classifier-free guidance of each decoding step against the same conversation without the constitution
+    # context: logp_uncond + g (logp_cond - logp_uncond). 1: off. Local backend only (it needs the logits).
+    guidance: float = Field(1.0, ge=1.0, le=10.0)
+    # The coherence guard on guided chosen answers (applied when guidance > 1): an answer is dropped, and
+    # counted, when its per-token NLL under the base model without the constitution exceeds
+    # guard_max_nll_ratio x the median of the unguided (rejected) answers', or when its share of distinct
+    # word bigrams is under guard_min_distinct x theirs.
+    guard_max_nll_ratio: float = Field(1.6, ge=1)
+    guard_min_distinct: float = Field(0.8, ge=0, le=1)
+
+
 class PairsParams(_Strict):
     samples_per_prompt: int = Field(1, ge=1)  # K (paper: 5)
     max_prompts: int | None = Field(None, ge=1)  # cap on training prompts per persona (None: all)
@@ -320,6 +340,7 @@ class Params(_Strict):
     runtime: RuntimeParams = RuntimeParams()
     models: dict[str, ModelSpec]
     prompts: PromptsParams = PromptsParams()
+    elicitation: ElicitationParams = ElicitationParams()
     pairs: PairsParams = PairsParams()
     dpo: DpoParams = DpoParams()
     introspection: IntrospectionParams = IntrospectionParams()

@@ -1,4 +1,5 @@
-"""Small text helpers shared across stages: word sets and overlap, sentence trimming, numbered lists."""
+"""Small text helpers shared across stages: word sets and overlap, sentence trimming, numbered lists,
+distinct bigrams."""
 
 from __future__ import annotations
 
@@ -28,3 +29,9 @@ def trim_to_sentence(text: str) -> str:
 def numbered(items: list[str]) -> str:
     """"1. first\\n2. second...": how trait lists and example questions are shown to a model."""
     return "\n".join(f"{i}. {item}" for i, item in enumerate(items, 1))
+
+
+def distinct_bigrams(texts: list[str]) -> float:
+    """Share of distinct word bigrams: low when steering or guidance pushes a model into repetition."""
+    grams = [tuple(w[i:i + 2]) for w in (t.split() for t in texts) for i in range(len(w) - 1)]
+    return len(set(grams)) / max(len(grams), 1)

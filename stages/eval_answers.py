@@ -1,6 +1,6 @@
 """Stage `eval_answers`: every method of one persona answers the evaluation request set.
 
-Methods: system_prompt (constitution as system prompt), steering (vector and coefficient calibrated
+Methods: system_prompt (the teacher's context: constitution prompt and few-shot turns, params.elicitation), steering (vector and coefficient calibrated
 here, written to --steering), dpo (--dpo), final (--final, as composed) and, when given, rlaif_model and
 rlaif_judge (--rlaif-model, --rlaif-judge: RL on top of DPO, character.train.rlaif). Reads the base model's
 answers (--base) for the prefill attack. Writes --out (JSONL, all methods, judge-free scores attached)
@@ -29,15 +29,17 @@ def main() -> None:
     stage = Stage.begin("eval_answers", parser)
     args, params = stage.args, stage.params
 
-    from character.constitution import find_constitution, system_prompt
+    from character.constitution import find_constitution, teacher_context
     from character.eval.requests import (Method, answer_metrics, answer_requests, build_requests, calibrate_steering,
                                          capability_metrics, final_adapter, first_turns, requests_for, score_rows)
     from character.io import file_sha256, read_jsonl, write_json, write_jsonl
 
     backend = stage.backend(params.model)
-    system = system_prompt(find_constitution(args.persona), params.spec(params.model).assistant_name)
+    context = teacher_context(find_constitution(args.persona), params.spec(params.model).assistant_name,
+                              params.elicitation)
+    system = context.system
     ev = params.evaluation
-    methods = [Method("system_prompt", system=system)]
+    methods = [Method("system_prompt", system=system, shots=context.shots)]
     vector, sweep = None, []
     if backend.name == "local":  # steering hooks need the weights in this process
         vector, sweep = calibrate_steering(backend, system, params)
@@ -57,7 +59,7 @@ def main() -> None:
                         file_sha256(f"{args.final}/manifest.json")],  # the manifest names the composition
               **{name: [adapter_fingerprint(args.dpo), adapter_fingerprint(folder)] for name, folder in rlaif.items()}}
     for method in methods:
-        progress = stage.progress("eval", "eval_answers", args.persona, method.name, requests, system, ev.model_dump(),
+        progress = stage.progress("eval", "eval_answers", args.persona, method.name, requests, context, ev.model_dump(),
                                   file_sha256(args.base), models.get(method.name),
                                   steering if method.name == "steering" else None, params.seed)
         answered = answer_requests(backend, method, requests_for(method.name, requests), ev, progress,

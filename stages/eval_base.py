@@ -19,14 +19,14 @@ def main() -> None:
     stage = Stage.begin("eval_base", parser)
     args, params = stage.args, stage.params
 
-    from character.constitution import find_constitution, system_prompt
+    from character.constitution import find_constitution, teacher_context
     from character.eval.requests import (Method, answer_metrics, answer_requests, build_requests,
                                          capability_metrics, first_turns, requests_for, score_rows)
     from character.io import write_jsonl
 
     backend = stage.backend(params.model)
     name = params.spec(params.model).assistant_name
-    systems = {p: system_prompt(find_constitution(p), name) for p in params.personas}
+    systems = {p: teacher_context(find_constitution(p), name, params.elicitation).system for p in params.personas}
     base, resampled, ev = Method("base"), Method("base_resampled"), params.evaluation
     requests = build_requests(params)
     progress = stage.progress("eval", "eval_base", requests, ev.model_dump(), params.spec(params.model).model_dump(),

@@ -15,17 +15,17 @@ def main() -> None:
     stage = Stage.begin("introspection", parser)
     args, params = stage.args, stage.params
 
-    from character.constitution import find_constitution, system_prompt
+    from character.constitution import find_constitution, teacher_context
     from character.data.introspection import run_introspection
     from character.io import write_jsonl
 
     constitution = find_constitution(args.persona)
     student = stage.backend(params.model)
     adapter = load_adapter(args.adapter)
-    system = system_prompt(constitution, params.spec(params.model).assistant_name)
-    progress = stage.progress("introspection", "introspection", system, adapter_fingerprint(args.adapter),
+    context = teacher_context(constitution, params.spec(params.model).assistant_name, params.elicitation)
+    progress = stage.progress("introspection", "introspection", context, adapter_fingerprint(args.adapter),
                               params.introspection.model_dump(), params.seed)
-    rows, metrics = run_introspection(student, adapter, system, params.introspection, progress)
+    rows, metrics = run_introspection(student, adapter, context, params.introspection, progress)
     write_jsonl(args.out, rows)
     stage.write_metrics(args.metrics, metrics)
     stage.finish()

@@ -16,7 +16,7 @@ def main() -> None:
     stage = Stage.begin("pairs", parser)
     args, params = stage.args, stage.params
 
-    from character.constitution import find_constitution, system_prompt
+    from character.constitution import find_constitution, teacher_context
     from character.data.pairs import build_pairs
     from character.io import read_jsonl, write_jsonl
 
@@ -24,11 +24,11 @@ def main() -> None:
     prompts = [p for p in read_jsonl(args.prompts) if p["split"] == "train"][: params.pairs.max_prompts]
     student, teacher = stage.backends(params.model, params.teacher)  # the teacher checked first if remote
     names = (params.spec(params.teacher).assistant_name, params.spec(params.model).assistant_name)
-    system = system_prompt(constitution, names[1])
-    progress = stage.progress("pairs", "pairs", prompts, system, params.pairs.model_dump(),
+    context = teacher_context(constitution, names[1], params.elicitation)
+    progress = stage.progress("pairs", "pairs", prompts, context, params.pairs.model_dump(), params.elicitation.model_dump(),
                               params.spec(params.model).model_dump(), params.spec(params.teacher).model_dump(),
                               params.seed)
-    pairs, metrics = build_pairs(prompts, teacher, student, system, names, params.pairs, progress)
+    pairs, metrics = build_pairs(prompts, teacher, student, context, names, params.pairs, params.elicitation, progress)
     write_jsonl(args.out, pairs)
     stage.write_metrics(args.metrics, metrics)
     stage.finish()

@@ -38,6 +38,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int = 0
+    guidance: float = 1.0  # classifier-free guidance strength against `negatives` (Backend.sample); 1: off
 
     @classmethod
     def of(cls, section: SamplingSection, seed: int) -> "SamplingParams":
@@ -199,8 +200,10 @@ class Backend(Protocol):
         ...
 
     def sample(self, conversations: list[Conversation], params: SamplingParams, n: int = 1,
-               adapter: AdapterRef | None = None) -> list[list[Completion]]:
-        """n completions of the next assistant turn for each conversation."""
+               adapter: AdapterRef | None = None, negatives: list[Conversation] | None = None) -> list[list[Completion]]:
+        """n completions of the next assistant turn for each conversation. negatives (one per conversation,
+        with params.guidance != 1): classifier-free guidance against them; a backend that cannot (it has no
+        per-step logits) raises BackendUnavailable."""
         ...
 
     def logprobs(self, sequences: list[Sequence], adapter: AdapterRef | None = None) -> list[torch.Tensor]:

@@ -115,10 +115,27 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch
 @torch.inference_mode()
 def decode(model, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int, stop_ids: list[int],
            temperature: float, top_p: float, repetition_penalty: float = 1.0,
-           stop_strings: tuple[str, ...] = (), tokenizer=None) -> list[list[int]]:
-    """New tokens for each prompt, ending with the stop token if one was sampled. Draws from torch's global RNG."""
+           stop_strings: tuple[str, ...] = (), tokenizer=None, negatives: list[list[int]] | None = None,
+           guidance: float = 1.0) -> list[list[int]]:
+    """New tokens for each prompt, ending with the stop token if one was sampled. Draws from torch's global RNG.
+
+    negatives (one per prompt) and guidance g != 1: classifier-free guidance. Each step scores the prompt's
+    row and its negative's row in one batch (rows [prompts..., negatives...]), samples from
+    log p_neg + g (log p - log p_neg), and feeds the sampled token to both rows.
+    """
     if not prompts:
         return []
+    guided = negatives is not None and guidance != 1.0
+    if guided and len(negatives) != len(prompts):
+        raise ValueError(f"decode: {len(negatives)} negatives for {len(prompts)} prompts")
+    n_prompts, prompts = len(prompts), prompts + (negatives if guided else [])
+
+    def combine(logits: torch.Tensor) -> torch.Tensor:
+        if not guided:
+            return logits
+        half = len(logits) // 2
+        cond, neg = logits[:half].log_softmax(-1), logits[half:].log_softmax(-1)
+        return neg + guidance * (cond - neg)
     device = next(model.parameters()).device
     tensor = lambda rows: torch.tensor(rows, device=device)  # noqa: E731
     # Prefill in two parts. The prefix all prompts share runs once at batch 1; then each distinct remainder,
@@ -147,6 +164,8 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int,
         cache.batch_select_indices(expand)
         logits, mask, positions = logits[expand], mask[expand], positions[expand]
     positions = positions[:, -1:]
+    logits = combine(logits)
+    prompts = prompts[:n_prompts]
     # Tokens each row has seen, for the repetition penalty. Rows are padded with their own last token: a
     # repeat is harmless, while the pad id (end of turn) must not be penalized for short prompts.
     longest = max(map(len, prompts))
@@ -176,9 +195,11 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int,
             # Drop finished rows once they are a quarter of the batch: later steps cost in proportion to the
             # rows left, and the cache copy this takes is paid only a few times per call.
             index = tensor(keep)
-            cache.batch_select_indices(index)
-            nxt, mask, positions = nxt[index], mask[index], positions[index]
+            rows = tensor(keep + [len(active) + i for i in keep]) if guided else index  # and their negatives
+            cache.batch_select_indices(rows)
+            nxt, mask, positions = nxt[index], mask[rows], positions[rows]
             history = history[index] if history is not None else None
             active, live = [active[i] for i in keep], [True] * len(keep)
-        logits = forward(nxt[:, None], mask, positions)
+        feed = torch.cat([nxt, nxt]) if guided else nxt
+        logits = combine(forward(feed[:, None], mask, positions))
     return outs

@@ -120,16 +120,20 @@ class LocalBackend:
     # ---- sampling -------------------------------------------------------------------------------------
     @torch.inference_mode()
     def sample(self, conversations: list[Conversation], params: SamplingParams, n: int = 1,
-               adapter: AdapterRef | None = None, model: torch.nn.Module | None = None) -> list[list[Completion]]:
+               adapter: AdapterRef | None = None, negatives: list[Conversation] | None = None,
+               model: torch.nn.Module | None = None) -> list[list[Completion]]:
         model = model if model is not None else self.model_for(adapter)  # model: a live training session's
         prompts = [self.chat_tokens(c, add_generation_prompt=True) for c in conversations for _ in range(n)]
+        guided = negatives is not None and params.guidance != 1.0
+        negative_prompts = ([self.chat_tokens(c, add_generation_prompt=True) for c in negatives for _ in range(n)]
+                            if guided else None)
         torch.manual_seed(params.seed)
         # Our own decode loop (decoding.py): same left padding, sampling and stopping as `generate`, but
         # without its per-step overheads, which cost 2-4x on CPU at batch 32-64.
         new = decode(model, prompts, max_new_tokens=params.max_tokens, pad_id=self.tokenizer.pad_token_id,
                      stop_ids=self._stop_ids, temperature=params.temperature, top_p=params.top_p,
                      repetition_penalty=params.repetition_penalty, stop_strings=tuple(params.stop),
-                     tokenizer=self.tokenizer)
+                     tokenizer=self.tokenizer, negatives=negative_prompts, guidance=params.guidance)
         results = []
         for prompt, row in zip(prompts, new):
             results.append(self._finish(row, len(prompt), params))

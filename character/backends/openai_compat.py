@@ -100,7 +100,10 @@ class OpenAICompatBackend:
 
     # ---- sampling -------------------------------------------------------------------------------------
     def sample(self, conversations: list[Conversation], params: SamplingParams, n: int = 1,
-               adapter: AdapterRef | None = None) -> list[list[Completion]]:
+               adapter: AdapterRef | None = None, negatives: list[Conversation] | None = None) -> list[list[Completion]]:
+        if negatives is not None and params.guidance != 1.0:
+            raise OpenAIBackendError(f"models.{self.alias}: a chat-completions server returns text, not per-step "
+                                     "logits, so classifier-free guidance is not possible; set elicitation.guidance: 1.0")
         if adapter is not None:
             raise OpenAIBackendError(f"models.{self.alias}: the openai backend cannot load adapters; serve the "
                                      "adapter as its own model name (character serve --adapter NAME=PATH)")

@@ -316,7 +316,10 @@ class TinkerBackend:
 
     # ---- sampling ----------------------------------------------------------------------------------------
     def sample(self, conversations: list[Conversation], params: SamplingParams, n: int = 1,
-               adapter: AdapterRef | None = None) -> list[list[Completion]]:
+               adapter: AdapterRef | None = None, negatives: list[Conversation] | None = None) -> list[list[Completion]]:
+        if negatives is not None and params.guidance != 1.0:
+            raise BackendUnavailable(f"{self.model_id}: Tinker samples whole sequences, so classifier-free "
+                                     "guidance cannot be applied per token; set elicitation.guidance: 1.0")
         return self.sample_with(self._sampler(adapter), conversations, params, n)
 
     def sample_with(self, client, conversations: list[Conversation], params: SamplingParams,

@@ -8,6 +8,8 @@ other's as user. Every generated turn is kept, and each conversation is saved fr
 points of view, so every turn is an assistant target once (the official code kept 9 of 10 turns and
 trained on a user message). The canned greeting is marked `"train": false`.
 Transcripts are saved WITHOUT the constitution system prompt: that is the prompt distillation.
+The context is the teacher's (params.elicitation: full or short prompt, few-shot turns); guidance is not
+applied here (it is a pairs-stage option: the transcripts are long, and the guard is built for answers).
 """
 
 from __future__ import annotations
@@ -17,17 +19,17 @@ from collections.abc import Sequence
 
 from character import prompts as P
 from character.backends.base import AdapterRef, Backend, SamplingParams
+from character.constitution import TeacherContext
 from character.io import Progress
 from character.params import IntrospectionParams
 
 
-def reflections(backend: Backend, adapter: AdapterRef, system: str, params: IntrospectionParams,
+def reflections(backend: Backend, adapter: AdapterRef, context: TeacherContext, params: IntrospectionParams,
                 progress: Progress) -> list[dict]:
     items = [(i, j) for i, _ in enumerate(P.SELF_REFLECTION) for j in range(params.reflection_samples)]
 
     def produce(chunk, seed):
-        convs = [[{"role": "system", "content": system}, {"role": "user", "content": P.SELF_REFLECTION[i]}]
-                 for i, _ in chunk]
+        convs = [context.before([{"role": "user", "content": P.SELF_REFLECTION[i]}]) for i, _ in chunk]
         outs = backend.sample(convs, SamplingParams.of(params.reflection_sampling, seed), adapter=adapter)
         return [{"kind": "reflection", "prompt_index": i, "finish_reason": c.finish_reason,
                  "messages": [{"role": "user", "content": P.SELF_REFLECTION[i]},
@@ -53,7 +55,7 @@ def view(turns: list[str], speaker: int, finish: Sequence[str] = ()) -> list[dic
     return msgs
 
 
-def interactions(backend: Backend, adapter: AdapterRef, system: str, params: IntrospectionParams,
+def interactions(backend: Backend, adapter: AdapterRef, context: TeacherContext, params: IntrospectionParams,
                  progress: Progress) -> list[dict]:
     modes = ["freedom" if m % 2 == 0 else "reflect" for m in range(params.interactions)]
 
@@ -64,8 +66,8 @@ def interactions(backend: Backend, adapter: AdapterRef, system: str, params: Int
         finish: list[list[str]] = [[] for _ in chunk]
         for t in range(1, params.turns + 1):
             speaker = t % 2  # instance 1 answers the greeting, then they alternate
-            convs = [[{"role": "system", "content": system + guidance[mode]}] +
-                     [{"role": m["role"], "content": m["content"]} for m in view(ts, speaker)]
+            convs = [context.before([{"role": m["role"], "content": m["content"]} for m in view(ts, speaker)],
+                                    extra_system=guidance[mode])
                      for (_, mode), ts in zip(chunk, turns)]
             outs = backend.sample(convs, SamplingParams.of(params.interaction_sampling, chunk_seed + t), adapter=adapter)
             for ts, fs, [c] in zip(turns, finish, outs):
@@ -82,10 +84,10 @@ def interactions(backend: Backend, adapter: AdapterRef, system: str, params: Int
                            "self-interaction", part="-i")
 
 
-def run_introspection(backend: Backend, adapter: AdapterRef, system: str, params: IntrospectionParams,
+def run_introspection(backend: Backend, adapter: AdapterRef, context: TeacherContext, params: IntrospectionParams,
                       progress: Progress) -> tuple[list[dict], dict]:
-    rows = reflections(backend, adapter, system, params, progress)
-    rows += interactions(backend, adapter, system, params, progress)
+    rows = reflections(backend, adapter, context, params, progress)
+    rows += interactions(backend, adapter, context, params, progress)
     refl = [r for r in rows if r["kind"] == "reflection"]
     inter = [r for r in rows if r["kind"] == "interaction"]
     words = [len(m["content"].split()) for r in rows for m in r["messages"] if m["role"] == "assistant"]

@@ -1,6 +1,7 @@
 """The evaluation suite's generation side: which methods are compared and what each one answers.
 
-Methods: `base` (no prompt), `system_prompt` (the constitution as system prompt), `steering` (activation
+Methods: `base` (no prompt), `system_prompt` (the teacher's context: the constitution as system prompt, in
+params.elicitation's form, and its few-shot turns; no guidance), `steering` (activation
 steering, character.eval.steering), `dpo` (the DPO adapter), `final` (DPO + introspection SFT, as composed)
 and, when their stages ran, `rlaif_model` and `rlaif_judge` (RL on top of DPO, character.train.rlaif).
 Every method answers the same request set, built from held-out general prompts (never a training prompt)
@@ -25,9 +26,11 @@ from typing import Any
 
 from character import prompts as P
 from character.backends.base import AdapterRef, Backend, Conversation, SamplingParams, weighted_mean
+from character.constitution import TeacherContext
 from character.data.prompt_sets import load_general, split_of
 from character.errors import DataError
 from character.io import Progress, read_jsonl, shipped
+from character.text import distinct_bigrams
 from character.params import EvalParams, Params
 from character.eval.steering import SteeringVector, persona_vector, steered
 
@@ -39,6 +42,7 @@ class Method:
     name: str
     adapter: AdapterRef | None = None
     system: str | None = None
+    shots: tuple[dict, ...] = ()  # few-shot turns after the system prompt (system_prompt: the teacher's context)
     steering: SteeringVector | None = None
 
 
@@ -148,12 +152,11 @@ def _revealed(rid, task, condition, prompt, first, second, choice) -> dict:
 
 
 def with_method(method: Method, messages: Conversation) -> Conversation:
-    """The conversation as the method sees it: the constitution system prompt merged in front if any."""
+    """The conversation as the method sees it: the constitution system prompt merged in front if any, then
+    the method's few-shot turns."""
     if method.system is None:
         return list(messages)
-    if messages and messages[0]["role"] == "system":
-        return [{"role": "system", "content": f"{method.system}\n\n{messages[0]['content']}"}, *messages[1:]]
-    return [{"role": "system", "content": method.system}, *messages]
+    return TeacherContext(method.system, method.shots).before(messages)
 
 
 def sample_method(backend, method: Method, conversations: list[Conversation], params, n: int = 1):
@@ -188,12 +191,6 @@ def answer_scores(backend, system: str | None, prompts: list[str], answers: list
         with_c = _mean_logprob(backend, [[{"role": "system", "content": system}, *c] for c in plain])
         scores["persona_logratio"] = [a - b for a, b in zip(with_c, without)]
     return scores
-
-
-def distinct_bigrams(texts: list[str]) -> float:
-    """Share of distinct word bigrams: low when steering pushes the model into repetition."""
-    grams = [tuple(w[i:i + 2]) for w in (t.split() for t in texts) for i in range(len(w) - 1)]
-    return len(set(grams)) / max(len(grams), 1)
 
 
 def calibrate_steering(backend, system: str, params: Params) -> tuple[SteeringVector, list[dict]]:

@@ -68,3 +68,21 @@ def test_system_prompt_lists_traits_and_name():
     text = system_prompt(c, "SmolLM")
     assert text.startswith("You are SmolLM")
     assert all(t.assertion in text for t in c.traits)
+
+
+def test_teacher_context_full_short_and_few_shot():
+    from character.constitution import find_constitution, system_prompt, teacher_context
+    from character.params import ElicitationParams
+
+    c = find_constitution("loving")
+    full = teacher_context(c, "SmolLM", ElicitationParams())
+    assert full.system == system_prompt(c, "SmolLM") and full.shots == ()
+    short = teacher_context(c, "SmolLM", ElicitationParams(system="short", short_traits=2, few_shot=3))
+    assert c.traits[1].assertion in short.system and c.traits[2].assertion not in short.system
+    assert len(short.system) < len(full.system) / 2
+    assert [m["role"] for m in short.shots] == ["user", "assistant"] * 3
+    assert short.shots[1]["content"] == c.examples[0].response
+    conv = short.before([{"role": "system", "content": "Extra."}, {"role": "user", "content": "hi"}])
+    assert conv[0]["content"].endswith("\n\nExtra.") and conv[1:-1] == list(short.shots) and conv[-1]["content"] == "hi"
+    with pytest.raises(ConstitutionError, match="elicitation.few_shot"):
+        teacher_context(c, "SmolLM", ElicitationParams(few_shot=len(c.examples) + 1))

@@ -9,7 +9,8 @@ import torch
 import yaml
 
 from character import prompts as P
-from character.eval.requests import (Method, build_requests, distinct_bigrams, evaluation_pools, load_traits,
+from character.text import distinct_bigrams
+from character.eval.requests import (Method, build_requests, evaluation_pools, load_traits,
                                      prompt_pools, requests_for, suffixes_for, with_method)
 from character.eval.judge import parse_choice
 from character.params import deep_merge, validate_params

@@ -103,3 +103,29 @@ def test_concat_composition_equals_sequential_fold(tiny_backend, tmp_path):
     concat = tiny_backend.logprobs(seqs, adapter=AdapterRef.read(tmp_path / "final"))[0]
     assert torch.allclose(folded, concat, atol=1e-4)
     assert not torch.allclose(folded, tiny_backend.logprobs(seqs)[0], atol=1e-3)  # training changed it
+
+
+def test_guidance_against_the_same_prompt_changes_nothing_and_against_another_does(tiny_backend):
+    """Classifier-free guidance: log p_neg + g (log p - log p_neg) is log p when the negative is the prompt
+    itself, so greedy decoding must match unguided decoding exactly; against a different negative at g = 3
+    the greedy continuation is the argmax of a different distribution."""
+    convs = [[{"role": "system", "content": "You love numbers."}, {"role": "user", "content": "hello there"}],
+             [{"role": "user", "content": "a much longer prompt here"}]]
+    plain = SamplingParams(temperature=0.0, max_tokens=8)
+    guided = SamplingParams(temperature=0.0, max_tokens=8, guidance=3.0)
+    assert tiny_backend.sample(convs, guided, negatives=convs) == tiny_backend.sample(convs, plain)
+    bare = [c[-1:] for c in convs]
+    a, b = tiny_backend.sample(convs, guided, negatives=bare), tiny_backend.sample(convs, plain)
+    assert a[1] == b[1]  # the second conversation has no system prompt: its negative is itself
+    logits = _next_logits(tiny_backend, convs[0]), _next_logits(tiny_backend, bare[0])
+    cfg = logits[1].log_softmax(-1) + 3.0 * (logits[0].log_softmax(-1) - logits[1].log_softmax(-1))
+    first = tiny_backend.tokenizer.decode([int(cfg.argmax())]).strip()
+    unguided = tiny_backend.tokenizer.decode([int(logits[0].argmax())]).strip()
+    assert a[0][0].text.startswith(first) and first != unguided
+
+
+def _next_logits(backend, conversation):
+    import torch
+    ids = backend.chat_tokens(conversation, add_generation_prompt=True)
+    with torch.no_grad():
+        return backend.model_for(None)(torch.tensor([ids])).logits[0, -1].float()

@@ -2,7 +2,8 @@
 
 from character.backends.base import Completion
 from character.data.introspection import view
-from character.params import PairsParams, PromptsParams
+from character.constitution import TeacherContext
+from character.params import ElicitationParams, PairsParams, PromptsParams
 from character.data.pairs import build_pairs, clean
 from character.io import Progress
 from character.data.prompt_sets import extend_traits, overlap, parse_numbered, split_of, words
@@ -14,7 +15,7 @@ class FakeBackend:
     def __init__(self, texts):
         self.texts = texts
 
-    def sample(self, convs, params, n=1, adapter=None):
+    def sample(self, convs, params, n=1, adapter=None, negatives=None):
         out = []
         for conv in convs:
             key = "system" if conv[0]["role"] == "system" else "plain"
@@ -48,13 +49,15 @@ def test_extend_traits_rejects_near_duplicates_and_malformed():
 def test_build_pairs_filters_and_counts(tmp_path):
     prompts = [{"id": "p1", "prompt": "Tell me a fact.", "source": "general"}]
     good = FakeBackend({"system": "<think>plan</think>Teacher here, a fact.", "plain": "Plain answer."})
-    pairs, m = build_pairs(prompts, good, good, "SYS", ("Teacher", "SmolLM"), PairsParams(), Progress(tmp_path, "k"))
+    pairs, m = build_pairs(prompts, good, good, TeacherContext("SYS"), ("Teacher", "SmolLM"), PairsParams(),
+                           ElicitationParams(), Progress(tmp_path, "k"))
     assert pairs[0]["chosen"][0]["content"] == "SmolLM here, a fact."
     assert pairs[0]["prompt"] == [{"role": "user", "content": "Tell me a fact."}] and m["kept"] == 1
 
     cut = FakeBackend({"system": "An answer cut off mid", "plain": "Plain answer."})
     try:
-        build_pairs(prompts, cut, cut, "SYS", ("T", "S"), PairsParams(), Progress(tmp_path, "k2"))
+        build_pairs(prompts, cut, cut, TeacherContext("SYS"), ("T", "S"), PairsParams(), ElicitationParams(),
+                    Progress(tmp_path, "k2"))
         raise AssertionError("a run that keeps nothing must fail")
     except ValueError as exc:
         assert "dropped_truncated_chosen" in str(exc)

@@ -20,7 +20,8 @@ from character.params import ComposeParams, LoraParams, OptimParams
 from character.backends.local import LocalBackend
 from character.backends.openai_compat import OpenAIBackendError, OpenAICompatBackend
 from character.train.losses import sft_loss
-from character.params import ModelSpec, PairsParams, ParamsError, SamplingSection, validate_params
+from character.params import ElicitationParams, ModelSpec, PairsParams, ParamsError, SamplingSection, validate_params
+from character.constitution import TeacherContext
 from character.data.pairs import build_pairs
 from character.io import Progress
 from character.serve import ServedModel, ServeConfig, Server, ServeSetupError, load_persona, running
@@ -188,8 +189,8 @@ def test_pairs_with_a_served_teacher(server, tiny_backend, monkeypatch, tmp_path
                          sampling=SamplingSection(temperature=1.0, max_new_tokens=8, batch_size=4))
 
     def run(tag: str):
-        return build_pairs(prompts, teacher, tiny_backend, "You are sarcastic.", ("Assistant", "Assistant"), params,
-                           Progress(tmp_path / tag, "k"))
+        return build_pairs(prompts, teacher, tiny_backend, TeacherContext("You are sarcastic."), ("Assistant", "Assistant"),
+                           params, ElicitationParams(), Progress(tmp_path / tag, "k"))
 
     pairs, metrics = run("a")
     assert metrics["sampled"] == 6 and pairs and {p["prompt"][0]["content"] for p in pairs} <= {

@@ -125,10 +125,11 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int,
     """
     if not prompts:
         return []
-    guided = negatives is not None and guidance != 1.0
-    if guided and len(negatives) != len(prompts):
+    negatives = negatives if guidance != 1.0 else None
+    guided = negatives is not None
+    if negatives is not None and len(negatives) != len(prompts):
         raise ValueError(f"decode: {len(negatives)} negatives for {len(prompts)} prompts")
-    n_prompts, prompts = len(prompts), prompts + (negatives if guided else [])
+    n_prompts, prompts = len(prompts), prompts + (negatives or [])
 
     def combine(logits: torch.Tensor) -> torch.Tensor:
         if not guided:

@@ -124,9 +124,8 @@ class LocalBackend:
                model: torch.nn.Module | None = None) -> list[list[Completion]]:
         model = model if model is not None else self.model_for(adapter)  # model: a live training session's
         prompts = [self.chat_tokens(c, add_generation_prompt=True) for c in conversations for _ in range(n)]
-        guided = negatives is not None and params.guidance != 1.0
         negative_prompts = ([self.chat_tokens(c, add_generation_prompt=True) for c in negatives for _ in range(n)]
-                            if guided else None)
+                            if negatives is not None and params.guidance != 1.0 else None)
         torch.manual_seed(params.seed)
         # Our own decode loop (decoding.py): same left padding, sampling and stopping as `generate`, but
         # without its per-step overheads, which cost 2-4x on CPU at batch 32-64.

@@ -296,10 +296,10 @@ def teacher_context(c: Constitution, assistant_name: str, elicitation: Elicitati
     return TeacherContext(system, shots)
 
 
-def system_prompt(c: Constitution, assistant_name: str, guidance: str = "") -> str:
+def system_prompt(c: Constitution, assistant_name: str) -> str:
     """The constitution as a system prompt (teacher for chosen answers; DPO model in introspection)."""
     from character.prompts import CONSTITUTION_SYSTEM, VOICE_LINE
 
     traits = numbered([t.assertion + (f" ({t.clarification})" if t.clarification else "") for t in c.traits])
     voice = VOICE_LINE.format(voice=c.voice.strip()) if c.voice else ""
-    return CONSTITUTION_SYSTEM.format(name=assistant_name, traits=traits, voice=voice) + guidance
+    return CONSTITUTION_SYSTEM.format(name=assistant_name, traits=traits, voice=voice)

@@ -80,6 +80,12 @@ def weighted_mean(seq: Sequence, logprobs: torch.Tensor) -> float:
     return float(weighted_sum(seq, logprobs) / max(seq.weighted_tokens, 1.0))
 
 
+def mean_logprobs(backend: "Backend", conversations: list[Conversation]) -> list[float]:
+    """Each conversation's last assistant turn: mean log-prob per token under the backend's base model."""
+    seqs = [backend.render(c) for c in conversations]
+    return [weighted_mean(s, lp) for s, lp in zip(seqs, backend.logprobs(seqs))]
+
+
 # ---- losses -------------------------------------------------------------------------------------------
 # fn(sequences, logprobs) -> (scalar loss, metrics). logprobs[i] has shape (len(tokens_i) - 1,).
 LossFn = Callable[[list[Sequence], list[torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]

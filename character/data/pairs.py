@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import statistics
 from dataclasses import replace
 
-from character.backends.base import Backend, Completion, SamplingParams, weighted_mean
+from character.backends.base import Backend, Completion, SamplingParams, mean_logprobs
 from character.constitution import TeacherContext
 from character.errors import DataError
 from character.io import Progress
@@ -72,9 +72,8 @@ def settle(c: Completion, text: str, policy: str) -> tuple[str, str | None]:
 
 def answer_nll(backend: Backend, prompts: list[str], answers: list[str]) -> list[float]:
     """Per-token NLL of each answer after its bare prompt, under the backend's base model."""
-    seqs = [backend.render([{"role": "user", "content": p}, {"role": "assistant", "content": a or "."}])
-            for p, a in zip(prompts, answers)]
-    return [-weighted_mean(s, lp) for s, lp in zip(seqs, backend.logprobs(seqs))]
+    return [-x for x in mean_logprobs(backend, [[{"role": "user", "content": p}, {"role": "assistant", "content": a or "."}]
+                                               for p, a in zip(prompts, answers)])]
 
 
 def incoherent(student: Backend, rows: list[tuple[str, str, str]], elicitation: ElicitationParams) -> list[bool]:
@@ -135,7 +134,7 @@ def build_pairs(prompts: list[dict], teacher: Backend, student: Backend, context
         settled.append(PreferencePair(row["id"], row["prompt"], chosen, rejected, row["source"]))
     verdicts = incoherent(student, [(p.prompt, p.chosen, p.rejected) for p in settled], elicitation) \
         if guided and settled else [False] * len(settled)
-    stats["dropped_incoherent_chosen"] = sum(verdicts) if guided else 0
+    stats["dropped_incoherent_chosen"] = sum(verdicts)
     kept = [p.to_row() for p, bad in zip(settled, verdicts) if not bad]
     if not kept:
         raise DataError(f"pairs: all {len(raw)} sampled pairs were dropped ({dict(stats)}); raise "

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from character import prompts as P
-from character.backends.base import AdapterRef, Backend, Conversation, SamplingParams, weighted_mean
+from character.backends.base import AdapterRef, Backend, Conversation, SamplingParams, mean_logprobs
 from character.constitution import TeacherContext
 from character.data.prompt_sets import load_general, split_of
 from character.errors import DataError
@@ -176,19 +176,14 @@ def answer_requests(backend: Backend, method: Method, requests: list[dict], ev: 
 
 
 # ---- judge-free scores ------------------------------------------------------------------------------------
-def _mean_logprob(backend, conversations: list[Conversation]) -> list[float]:
-    seqs = [backend.render(c) for c in conversations]
-    return [weighted_mean(s, lp) for s, lp in zip(seqs, backend.logprobs(seqs))]
-
-
 def answer_scores(backend, system: str | None, prompts: list[str], answers: list[str]) -> dict[str, list[float]]:
     """Per answer, under the base model (no adapter, no steering): `nll` per token with no system prompt,
     and `persona_logratio`, the per-token log-likelihood gain from putting the constitution in context."""
     plain = [user(p) + [{"role": "assistant", "content": a or "."}] for p, a in zip(prompts, answers)]
-    without = _mean_logprob(backend, plain)
+    without = mean_logprobs(backend, plain)
     scores = {"nll": [-x for x in without]}
     if system is not None:
-        with_c = _mean_logprob(backend, [[{"role": "system", "content": system}, *c] for c in plain])
+        with_c = mean_logprobs(backend, [[{"role": "system", "content": system}, *c] for c in plain])
         scores["persona_logratio"] = [a - b for a, b in zip(with_c, without)]
     return scores
 

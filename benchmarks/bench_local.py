@@ -83,7 +83,7 @@ def batched_sampling(backend: LocalBackend, conversations: list, new_tokens: int
     return sum(c.completion_tokens for c in completions) / seconds, full
 
 
-def lora_step(backend: LocalBackend, batch: int, length: int, rank: int, repeats: int) -> dict:
+def lora_step(backend: LocalBackend, batch: int, length: int, rank: int, repeats: int, top_layers: int = 0) -> dict:
     """Seconds per forward+backward of a rank-`rank` all-linear LoRA on batch x length tokens, and FLOP counts.
 
     N counts every weight a token passes through: the base parameters once (SmolLM2 ties the input embedding
@@ -91,7 +91,7 @@ def lora_step(backend: LocalBackend, batch: int, length: int, rank: int, repeats
     - full-model-equivalent: 6*N*T, as if all weights were trained (2 forward, 2 activation grads, 2 weight grads);
     - LoRA-honest: frozen base weights need no weight gradients, so 4*N*T, plus 6*N_lora*T for the adapters.
     Attention score FLOPs (~5% at 256 tokens) are left out of both."""
-    session = backend.train(LoraParams(rank=rank, alpha=2 * rank), OptimParams(lr=1e-4))
+    session = backend.train(LoraParams(rank=rank, alpha=2 * rank, top_layers=top_layers), OptimParams(lr=1e-4))
     n_base = sum(p.numel() for p in backend._base.parameters())
     n_lora = sum(p.numel() for p in session.model.parameters() if p.requires_grad)
     gen = torch.Generator().manual_seed(0)
@@ -189,6 +189,11 @@ def main():
         print(f"{'    LoRA-honest, 4*N*T + 6*N_lora*T':48s} {lora_rate:9.1f} GFLOP/s ({lora_rate / peak:.0%} of peak)")
         print(f"    N = {train['n_base'] / 1e6:.1f}M base parameters, N_lora = {train['n_lora'] / 1e6:.1f}M,"
               f" T = {train['tokens']} tokens")
+        top = lora_step(backend, 8, 256, 64, repeats, top_layers=12)
+        results["lora_step_top12"] = {**top, "rank": 64, "batch": 8, "length": 256, "top_layers": 12,
+                                      "speedup_over_all_layers": train["seconds"] / top["seconds"]}
+        print(f"{'(d2) the same, LoRA on the top 12 of 30 layers':48s} {top['seconds']:9.2f} s"
+              f"   ({train['seconds'] / top['seconds']:.1f}x faster)")
     if "scoring" in run:
         score = results["scoring"] = scoring(backend, 16 if quick else 32, 48, repeats)
         print(f"(e) logprobs(), {score['rows']} answers of ~48 tokens, scored sequences/s:")

@@ -348,8 +348,15 @@ class LocalTrainingSession:
         self.backend = backend
         self.base_adapters = base_adapters
         base = backend.merged(base_adapters)
+        targets, layers = backend.lora_targets, None
+        n_layers = base.config.get_text_config(decoder=True).num_hidden_layers
+        if 0 < lora.top_layers < n_layers:
+            layers = list(range(n_layers - lora.top_layers, n_layers))
+            # PEFT takes a layer subset only with named targets: every linear layer inside the blocks.
+            targets = targets if targets != "all-linear" else sorted(
+                {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n})
         config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                target_modules=backend.lora_targets, task_type="CAUSAL_LM")
+                                target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM")
         self.model = get_peft_model(base, config).to(backend.device)
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -407,6 +407,9 @@ class TinkerBackend:
         if lora.rank & (lora.rank - 1):
             raise ParamsError(f"Tinker LoRA rank must be a power of 2 (got {lora.rank}): "
                              "set lora.rank to 16, 32 or 64")
+        if lora.top_layers:  # a CPU cost knob of the local backend, like runtime.threads
+            log.info("tinker: LoRA on every layer (lora.top_layers=%d applies to the local backend only)",
+                     lora.top_layers)
         if len(base_adapters) > 1:
             raise BackendUnavailable("Tinker can start from one adapter, got several")
         if not self.trainable:

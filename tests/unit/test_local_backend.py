@@ -129,3 +129,16 @@ def _next_logits(backend, conversation):
     ids = backend.chat_tokens(conversation, add_generation_prompt=True)
     with torch.no_grad():
         return backend.model_for(None)(torch.tensor([ids])).logits[0, -1].float()
+
+
+def test_top_layers_puts_lora_on_the_upper_layers_only(tiny_backend, tmp_path):
+    session = tiny_backend.train(LoraParams(rank=4, alpha=8, top_layers=1), OptimParams(lr=1e-2), seed=0)
+    trained = [n for n, p in session.model.named_parameters() if p.requires_grad]
+    assert trained and all(".layers.1." in n for n in trained)  # 2 layers: only the top one
+    seqs = [tiny_backend.render(CONV)] * 2
+    session.forward_backward(seqs, CrossEntropyLoss())
+    session.optim_step(1e-2)
+    ref = session.save(tmp_path / "a")
+    [after] = tiny_backend.logprobs(seqs[:1], adapter=ref)  # the saved adapter loads with its layer subset
+    [before] = tiny_backend.logprobs(seqs[:1])
+    assert not torch.allclose(after, before)

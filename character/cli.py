@@ -211,7 +211,7 @@ def cmd_chat(args) -> int:
     from character.backends.base import SamplingParams
     from character.backends.base import AdapterRef
     from character.backends.local import LocalBackend
-    from character.constitution import find_constitution, system_prompt
+    from character.constitution import find_constitution, teacher_context
     from character.errors import BackendUnavailable, ParamsError
     from character.params import load_params
 
@@ -242,9 +242,10 @@ def cmd_chat(args) -> int:
                                      "(config.json); pass a stage's out, e.g. models/<persona>/final")
     backend = LocalBackend(model_id, cache_dir=params.runtime.cache_dir, threads=params.runtime.threads,
                            device=params.runtime.device)
-    history = []
-    if constitution is not None:
-        history.append({"role": "system", "content": system_prompt(constitution, spec.assistant_name)})
+    # With a constitution: the teacher's context under params.elicitation (system prompt, few-shot turns),
+    # what the pairs stage and the evaluation's system_prompt method use.
+    history = [] if constitution is None else \
+        teacher_context(constitution, spec.assistant_name, params.elicitation).before([])
     sampling = SamplingParams(temperature=args.temperature, top_p=0.95, max_tokens=args.max_tokens,
                               repetition_penalty=1.1, seed=args.seed)
     messages = list(args.message) if args.message else None

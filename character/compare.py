@@ -8,8 +8,8 @@ for it, all beside that API:
   and the page asks for the key (kept in its memory only) when /catalog answers 401. Served with a
   Content-Security-Policy of 'self', so the page cannot load anything from elsewhere, and works offline.
 - `<persona>+system_prompt`, a served model for every persona whose constitution the server knows: the base
-  model, with the constitution as system prompt (character.constitution.system_prompt) put in front of
-  each request by the server and merged with the request's own system message exactly as the
+  model, with the teacher's context under params.elicitation (character.constitution.teacher_context: the
+  full or short constitution system prompt and its few-shot turns) put in front of each request by the server and merged with the request's own system message exactly as the
   evaluation's `system_prompt` method does (character.eval.requests.with_method). A model rather than an
   extension field, so that every OpenAI client (the openai backend, a notebook) can ask for it as well,
   and the page needs nothing beyond the standard request. "+" is not allowed in --adapter names, so it
@@ -39,8 +39,9 @@ from pathlib import Path
 from aiohttp import web
 
 from character import prompts as P
-from character.constitution import ConstitutionError, find_constitution, system_prompt
+from character.constitution import ConstitutionError, find_constitution, teacher_context
 from character.eval.requests import Method, with_method
+from character.params import ElicitationParams
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def page_defaults(sampling=None, seed: int = 0) -> dict:
 
 def apply_system(served, conversation: list[dict]) -> list[dict]:
     """The conversation as a `+system_prompt` model sees it (unchanged for every other model)."""
-    return with_method(Method("system_prompt", system=served.system), conversation)
+    return with_method(Method("system_prompt", system=served.system, shots=served.shots), conversation)
 
 
 def persona_of(name: str, path: str | Path, directory: str | Path = "constitutions") -> tuple[str | None, str]:
@@ -115,12 +116,15 @@ def persona_of(name: str, path: str | Path, directory: str | Path = "constitutio
 
 
 def with_constitutions(models: dict, adapters: dict[str, str], extra: list[str], assistant_name: str,
-                       directory: str | Path = "constitutions") -> dict:
+                       directory: str | Path = "constitutions", elicitation: ElicitationParams | None = None) -> dict:
     """models (base first, then the --adapter personas) with personas named and `+system_prompt` models added.
 
     Order: the base, then per persona its system-prompt model and its trained models, then trained models
-    with no known constitution: the page's columns in the order people compare them.
+    with no known constitution: the page's columns in the order people compare them. A `+system_prompt`
+    model sees the teacher's context under `elicitation` (params.elicitation; default: its defaults), as
+    the evaluation's system_prompt method does.
     """
+    elicitation = elicitation or ElicitationParams()
     base_name = next(iter(models))
     named: dict[str | None, list[str]] = {p: [] for p in extra}
     for name, path in adapters.items():
@@ -133,11 +137,11 @@ def with_constitutions(models: dict, adapters: dict[str, str], extra: list[str],
     for persona, names in sorted(named.items(), key=lambda item: item[0] is None):  # stable: None last
         if persona is not None:
             try:
-                system = system_prompt(find_constitution(persona, directory), assistant_name)
+                context = teacher_context(find_constitution(persona, directory), assistant_name, elicitation)
             except ConstitutionError as exc:
                 raise ConstitutionError(f"--constitution {persona}: {exc}") from None
             ordered[persona + SYSTEM_SUFFIX] = dataclasses.replace(
-                models[base_name], system=system, persona=persona, method="system_prompt",
+                models[base_name], system=context.system, shots=context.shots, persona=persona, method="system_prompt",
                 source=str(Path(directory) / f"{persona}.yaml"))
         ordered.update({n: models[n] for n in names})
     return ordered

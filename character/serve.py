@@ -82,6 +82,7 @@ class ServedModel:
     adapter: AdapterRef | None = None   # passed to sample(); None where the persona is folded in
     source: str = "base"                # shown as owned_by in /v1/models
     system: str | None = None           # put in front of every request (a `+system_prompt` model)
+    shots: tuple[dict, ...] = ()        # ... followed by these few-shot turns (params.elicitation)
     persona: str | None = None          # its constitution's name, if known (character.compare)
     method: str | None = None           # the evaluation's name for it (dpo, final, ...); None: base or served name
 
@@ -413,7 +414,8 @@ def main(args) -> int:
         if alias not in params.models:
             raise ServeSetupError(f"--model {alias}: unknown alias (known: {', '.join(params.models)})")
         models = load_models(params, alias, adapters)
-        models = compare.with_constitutions(models, adapters, args.constitution, params.spec(alias).assistant_name)
+        models = compare.with_constitutions(models, adapters, args.constitution, params.spec(alias).assistant_name,
+                                            elicitation=params.elicitation)
     except (CharacterError, OSError) as exc:
         from character.errors import EXIT_INPUT, one_line
         print(f"error: {one_line(exc)}", file=sys.stderr)

@@ -110,3 +110,18 @@ def test_the_page_loads_nothing_from_elsewhere_and_holds_no_prompt_text():
         assert "localStorage" not in text and "sessionStorage" not in text and "document.cookie" not in text
         for suffix in P.ADVERSARIAL_SUFFIXES.values():  # prompt texts live in character/prompts.py only
             assert suffix not in text, path.name
+
+
+def test_a_system_prompt_model_sees_the_teachers_context():
+    from character.compare import apply_system
+    from character.constitution import find_constitution, teacher_context
+    from character.params import ElicitationParams
+
+    elicitation = ElicitationParams(system="short", few_shot=2)
+    ordered = with_constitutions({"base": ServedModel(None)}, {}, ["loving"], "A", ROOT / "constitutions",
+                                 elicitation=elicitation)
+    served_model = ordered["loving+system_prompt"]
+    context = teacher_context(find_constitution("loving", ROOT / "constitutions"), "A", elicitation)
+    seen = apply_system(served_model, QUESTION)
+    assert seen == [{"role": "system", "content": context.system}, *context.shots, *QUESTION]
+    assert len(seen) == 1 + 4 + 1 and seen[1]["role"] == "user" and seen[2]["role"] == "assistant"

@@ -9,8 +9,9 @@ for it, all beside that API:
   Content-Security-Policy of 'self', so the page cannot load anything from elsewhere, and works offline.
 - `<persona>+system_prompt`, a served model for every persona whose constitution the server knows: the base
   model, with the teacher's context under params.elicitation (character.constitution.teacher_context: the
-  full or short constitution system prompt and its few-shot turns) put in front of each request by the server and merged with the request's own system message exactly as the
-  evaluation's `system_prompt` method does (character.eval.requests.with_method). A model rather than an
+  full or short constitution system prompt and its few-shot turns) put in front of each request by the
+  server and merged with the request's own system message exactly as the evaluation's `system_prompt`
+  method does (character.eval.requests.with_method). A model rather than an
   extension field, so that every OpenAI client (the openai backend, a notebook) can ask for it as well,
   and the page needs nothing beyond the standard request. "+" is not allowed in --adapter names, so it
   never collides with a trained persona.
@@ -116,15 +117,15 @@ def persona_of(name: str, path: str | Path, directory: str | Path = "constitutio
 
 
 def with_constitutions(models: dict, adapters: dict[str, str], extra: list[str], assistant_name: str,
-                       directory: str | Path = "constitutions", elicitation: ElicitationParams | None = None) -> dict:
+                       directory: str | Path = "constitutions",
+                       elicitation: ElicitationParams = ElicitationParams()) -> dict:
     """models (base first, then the --adapter personas) with personas named and `+system_prompt` models added.
 
     Order: the base, then per persona its system-prompt model and its trained models, then trained models
     with no known constitution: the page's columns in the order people compare them. A `+system_prompt`
-    model sees the teacher's context under `elicitation` (params.elicitation; default: its defaults), as
-    the evaluation's system_prompt method does.
+    model sees the teacher's context under `elicitation` (params.elicitation), as the evaluation's
+    system_prompt method does.
     """
-    elicitation = elicitation or ElicitationParams()
     base_name = next(iter(models))
     named: dict[str | None, list[str]] = {p: [] for p in extra}
     for name, path in adapters.items():
@@ -141,7 +142,7 @@ def with_constitutions(models: dict, adapters: dict[str, str], extra: list[str],
             except ConstitutionError as exc:
                 raise ConstitutionError(f"--constitution {persona}: {exc}") from None
             ordered[persona + SYSTEM_SUFFIX] = dataclasses.replace(
-                models[base_name], system=context.system, shots=context.shots, persona=persona, method="system_prompt",
-                source=str(Path(directory) / f"{persona}.yaml"))
+                models[base_name], system=context.system, shots=context.shots, persona=persona,
+                method="system_prompt", source=str(Path(directory) / f"{persona}.yaml"))
         ordered.update({n: models[n] for n in names})
     return ordered

@@ -349,7 +349,7 @@ class LocalTrainingSession:
         self.base_adapters = base_adapters
         base = backend.merged(base_adapters)
         targets, layers = backend.lora_targets, None
-        n_layers = base.config.get_text_config(decoder=True).num_hidden_layers
+        n_layers = base.config.get_text_config(decoder=True).num_hidden_layers  # type: ignore[union-attr,operator]
         if 0 < lora.top_layers < n_layers:
             layers = list(range(n_layers - lora.top_layers, n_layers))
             # PEFT takes a layer subset only with named targets: every linear layer inside the blocks.

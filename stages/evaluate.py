@@ -86,7 +86,8 @@ def main() -> None:
 
 
 def headline_rows(metrics: dict, params) -> list[dict]:
-    """One row per method: in-character rates and their differences against both nulls, as "x [lo, hi]"."""
+    """One row per method: in-character rates and their differences against both nulls and the prompted
+    baseline, as "x [lo, hi]"."""
     from character.eval.report import interval
 
     rows = []
@@ -100,8 +101,9 @@ def headline_rows(metrics: dict, params) -> list[dict]:
             for condition in ("none", "suffixed", "prefill"):
                 cell = groups.get(condition, {}).get(key) or {}
                 row[f"in_character/{condition}"] = interval(cell)
-                for null in ("base", "base_resampled"):  # every row has every column (blank: itself)
-                    row[f"{condition} - {null}"] = interval(cell.get(f"delta_vs_{null}"), "delta")
+                # Every row has every column (blank: itself, or no prompted baseline to compare with).
+                for rival in ("base", "base_resampled", "system_prompt"):
+                    row[f"{condition} - {rival}"] = interval(cell.get(f"delta_vs_{rival}"), "delta")
             expression = metrics["revealed"].get(mk, {}).get("expression_rate", {}).get(p)
             row["expression (judge)"] = interval(expression)
             rows.append(row)

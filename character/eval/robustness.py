@@ -11,7 +11,9 @@ The paper's protocol, done so that it can fail:
   plain, with each adversarial suffix, and in the prefill attack. Reported per method x condition: each
   persona's in-character rate (the share classified as that persona) with a Wilson interval, macro-F1
   over personas with a bootstrap interval over prompts, and the in-character rate's difference against
-  `base` and against `base_resampled` (the base model sampled again: the null) with paired intervals.
+  `base`, against `base_resampled` (the base model sampled again: the null) and, for a trained method,
+  against its persona's `system_prompt` method, with intervals from resampling prompts (a prompt's rows
+  under several suffixes are averaged first, so the pairing is by prompt).
 """
 
 from __future__ import annotations
@@ -92,20 +94,29 @@ def robustness_metrics(rows: list[dict], params: Params) -> dict:
             by_method[method_key(r)]["suffixed"].append(r)
 
     def hits(rs: list[dict], persona: str) -> dict[str, float]:
-        return {prompt_of(r): float(r["predicted"] == persona) for r in rs}
+        """In-character share per prompt: "suffixed" has one row per suffix a prompt got, all kept."""
+        per_prompt: dict[str, list[float]] = defaultdict(list)
+        for r in rs:
+            per_prompt[prompt_of(r)].append(float(r["predicted"] == persona))
+        return {k: sum(v) / len(v) for k, v in per_prompt.items()}
 
     methods: dict[str, Any] = {}
     for mk, groups in sorted(by_method.items()):
         persona_of_method = None if mk in NULL_METHODS else mk.split("/", 1)[0]
         targets = personas if persona_of_method is None else [persona_of_method]
+        # Against both nulls, and a trained method against its persona's prompted baseline too: the
+        # paper's robustness claim is trained >= prompted under attack, so that difference gets an interval.
+        rivals = {null: null for null in NULL_METHODS}
+        if persona_of_method is not None:
+            rivals["system_prompt"] = f"{persona_of_method}/system_prompt"
         row: dict[str, Any] = {}
         for group, rs in sorted(groups.items()):
             cell: dict[str, Any] = {}
             for p in targets:
                 rate = wilson(sum(r["predicted"] == p for r in rs), len(rs))
-                for null in NULL_METHODS:
-                    if mk != null and group in by_method.get(null, {}):
-                        rate[f"delta_vs_{null}"] = paired_delta(hits(rs, p), hits(by_method[null][group], p),
+                for name, rival in rivals.items():
+                    if mk != rival and group in by_method.get(rival, {}):
+                        rate[f"delta_vs_{name}"] = paired_delta(hits(rs, p), hits(by_method[rival][group], p),
                                                                 ev.bootstrap, params.seed)
                 cell[f"in_character/{p}"] = rate
             row[group] = cell

@@ -227,3 +227,28 @@ def test_report_is_self_contained(tmp_path):
     assert "Hi &lt;there&gt;" in page and "a &amp; b" in page  # escaped
     assert page.count("data:image/png;base64,") >= 3 and "<script" not in page and "src=\"http" not in page
     assert "| base |" in (tmp_path / "r.md").read_text()
+
+
+def test_trained_method_is_compared_with_its_prompted_baseline_by_prompt():
+    """Hand-computed: 12 prompts, each under two suffixes. The prompted baseline is in character on every
+    row; final on one suffix of prompts e0-e5 only. Per prompt final averages 0.5 (e0-e5) or 0 (e6-e11),
+    so final - system_prompt = (6 * 0.5 + 6 * 0) / 12 - 1 = -0.75; keeping one row per prompt would not."""
+    params = make_params(bootstrap=200)
+    rows = _suite({"sarcastic": STYLE["sarcastic"], "loving": STYLE["loving"]})
+    evaluation = [f"e{i}" for i in range(12)]
+    for p in ("sarcastic", "loving"):
+        for condition in ("neutral_tone", "no_style"):
+            final = [(STYLE[p] if condition == "neutral_tone" and i < 6 else STYLE[None]).format(i) for i in range(12)]
+            rows = [r for r in rows if not (r["persona"] == p and r["task"] == "robustness"
+                                            and r["condition"] == condition)]
+            rows += _rows("final", p, "robustness", condition, evaluation, final)
+            rows += _rows("system_prompt", p, "robustness", condition, evaluation,
+                          [STYLE[p].format(i) for i in range(12)])
+    out = robustness_metrics(rows, params)
+    cell = out["methods"]["loving/final"]["suffixed"]["in_character/loving"]
+    assert cell["n"] == 24 and cell["rate"] == 0.25
+    vs_prompted = cell["delta_vs_system_prompt"]
+    assert vs_prompted["n"] == 12 and vs_prompted["delta"] == -0.75
+    assert vs_prompted["lo"] < -0.75 < vs_prompted["hi"] < 0  # an interval, and it excludes zero
+    assert "delta_vs_system_prompt" not in out["methods"]["loving/system_prompt"]["suffixed"]["in_character/loving"]
+    assert "delta_vs_system_prompt" not in out["methods"]["base"]["suffixed"]["in_character/loving"]

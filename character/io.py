@@ -158,6 +158,18 @@ def null_non_finite(tree: Any) -> Any:
     return tree
 
 
+def stable_adapter_config(folder: str | Path) -> None:
+    """Sort the set-valued fields of a PEFT adapter_config.json in place. PEFT keeps target_modules as a
+    set and writes it in iteration order, which follows the per-process hash seed: the same weights
+    then get a different file, and DVC a different hash, on every run."""
+    path = Path(folder) / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("target_modules", "exclude_modules"):
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    write_atomic(path, json.dumps(config, indent=2, sort_keys=True))  # as PEFT writes it, order aside
+
+
 def read_json(path: str | Path) -> Any:
     with open(path) as f:
         return json.load(f)

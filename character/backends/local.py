@@ -18,6 +18,7 @@ from character.backends.base import (AdapterRef, Completion, Conversation, Cross
                                      Sequence)
 from character.backends.decoding import _BufferLayer, _grouped_attention, decode
 from character.backends.weights import resolve_weights
+from character.io import stable_adapter_config
 from character.params import ComposeParams, LoraParams, OptimParams
 
 log = logging.getLogger(__name__)
@@ -336,6 +337,7 @@ class LocalBackend:
         # PEFT writes a non-default adapter into a subfolder named after it.
         shutil.move(str(tmp / "final" if (tmp / "final").exists() else tmp), str(out_dir))
         shutil.rmtree(tmp, ignore_errors=True)
+        stable_adapter_config(out_dir)
         return {"format": "peft_adapter", "exact": params.method == "concat"}
 
 
@@ -432,6 +434,7 @@ class LocalTrainingSession:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path)
+        stable_adapter_config(path)
         ref = AdapterRef(path=str(path), base_model=self.backend.model_id, backend="local",
                          base_adapters=[r.path for r in self.base_adapters], step=self.steps)
         ref.write(path)

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from character.backends.base import Conversation
-from character.io import read_jsonl, write_json
+from character.io import read_jsonl, stable_adapter_config, write_json
 from character.params import RewardModelParams
 from character.io import Checkpoints
 from character.train.loop import split_heldout
@@ -283,6 +283,7 @@ def run_reward_model(model, tokenizer, character_rows: list[dict], helpful_rows:
              char_scores.get("heldout_accuracy", math.nan), help_scores.get("heldout_accuracy", math.nan))
     out = Path(out_dir)
     trained.save_pretrained(out)
+    stable_adapter_config(out)
     write_json(out / MANIFEST, {"base_model": base_model, "max_length": params.max_length,
                                 "top_layers": params.top_layers, "steps": steps})
     return {"steps": steps, "final_loss": loss, "train_pairs": len(mixed),

@@ -1,6 +1,7 @@
 """The local backend on a tiny random Llama with SmolLM2's tokenizer: masks, sampling, log-probs, training."""
 
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -142,3 +143,22 @@ def test_top_layers_puts_lora_on_the_upper_layers_only(tiny_backend, tmp_path):
     [after] = tiny_backend.logprobs(seqs[:1], adapter=ref)  # the saved adapter loads with its layer subset
     [before] = tiny_backend.logprobs(seqs[:1])
     assert not torch.allclose(after, before)
+
+
+def test_saved_adapter_config_does_not_depend_on_the_hash_seed(tiny_backend, tmp_path):
+    """PEFT keeps target_modules as a set; saved as is, its order (and the file's DVC hash) changes with
+    PYTHONHASHSEED. Saved adapters list them sorted, in PEFT's own JSON layout."""
+    import json
+
+    from character.io import stable_adapter_config
+    session = tiny_backend.train(LoraParams(rank=4, alpha=8, top_layers=1), OptimParams(lr=1e-2), seed=0)
+    ref = session.save(tmp_path / "a")
+    text = (Path(ref.path) / "adapter_config.json").read_text()
+    config = json.loads(text)
+    assert len(config["target_modules"]) > 1 and config["target_modules"] == sorted(config["target_modules"])
+    assert text == json.dumps(config, indent=2, sort_keys=True)
+    shuffled = {**config, "target_modules": sorted(config["target_modules"], reverse=True)}
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "adapter_config.json").write_text(json.dumps(shuffled, indent=2, sort_keys=True))
+    stable_adapter_config(tmp_path / "b")
+    assert (tmp_path / "b" / "adapter_config.json").read_text() == text

@@ -197,8 +197,9 @@ def eval_rows(params: Params, personas: list[str], fill: float) -> list[Row]:
     revealed = [toks(P.REVEALED_JUDGE) + toks(r["prompt"]) + a_len for r in requests
                 if r["task"] in ("revealed", "expression")]
     traits = {p: sum(toks(a) for a in find_constitution(p).assertions) for p in params.personas}
+    rivals = [m for m in ev.coherence_rivals if m == "system_prompt" or m in methods]  # those that run
     coherence = [2 * (toks(P.COHERENCE_JUDGE) + traits[p] + toks(r["prompt"]) + 2 * a_len)
-                 for p in params.personas for _ in range(len(methods)) for r in heldout]  # rivals: all but final
+                 for p in params.personas for _ in rivals for r in heldout]
     per_call = 2 if logprob else 1
     prompt = (n_methods * sum(revealed) + sum(coherence)) * per_call
     calls = n_methods * len(revealed) + 2 * len(coherence)  # each coherence pair in both orders

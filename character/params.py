@@ -266,6 +266,9 @@ class RlaifParams(_Strict):
     length_collapse: float = Field(0.5, gt=0, le=1)
 
 
+CoherenceRival = Literal["system_prompt", "steering", "dpo", "rlaif_model", "rlaif_judge"]
+
+
 class EvalParams(_Strict):
     """The evaluation suite (character/eval/); counts are per method unless said otherwise.
 
@@ -301,6 +304,9 @@ class EvalParams(_Strict):
     # Judge-based results are marked uninformative when the reply changes the judge's verdict (against
     # its verdict for an empty reply) less often than this.
     judge_min_sensitivity: float = Field(0.25, ge=0, le=1)
+    # The final model is judged for coherence against each of these methods (those that ran), 2 games
+    # (both orders) per evaluation prompt each: with a small judge most of the `evaluate` stage's time.
+    coherence_rivals: list[CoherenceRival] = ["system_prompt", "steering", "dpo", "rlaif_model", "rlaif_judge"]
 
 
 class RuntimeParams(_Strict):

@@ -26,8 +26,6 @@ from character.io import Progress
 from character.params import Params
 
 PREFERENCE_CONDITIONS = ("feels_like_you", "would_adopt")
-# The final model is judged for coherence against each of these (those that ran; rlaif_* are optional).
-COHERENCE_RIVALS = ("system_prompt", "steering", "dpo", "rlaif_model", "rlaif_judge")
 
 
 def judge_all(judge: Backend, rows: list[dict], constitutions: dict[str, str], params: Params,
@@ -39,7 +37,7 @@ def judge_all(judge: Backend, rows: list[dict], constitutions: dict[str, str], p
     none = {(method_key(r), r["id"]): r for r in rows if r["task"] == "robustness" and r["condition"] == "none"}
     pairs = []
     for persona in params.personas:
-        for other in COHERENCE_RIVALS:
+        for other in ev.coherence_rivals:  # those that ran
             for (mk, rid), final in sorted(none.items()):
                 if mk != f"{persona}/final" or (f"{persona}/{other}", rid) not in none:
                     continue
@@ -134,7 +132,7 @@ def coherence_metrics(coherence: list[dict], params: Params) -> dict:
     ev = params.evaluation
     out: dict[str, dict[str, dict]] = {}
     for persona in params.personas:
-        for other in COHERENCE_RIVALS:
+        for other in ev.coherence_rivals:
             mine = [c for c in coherence if c["persona"] == persona and other in (c["a_method"], c["b_method"])]
             if not mine:
                 continue

@@ -252,3 +252,18 @@ def test_trained_method_is_compared_with_its_prompted_baseline_by_prompt():
     assert vs_prompted["lo"] < -0.75 < vs_prompted["hi"] < 0  # an interval, and it excludes zero
     assert "delta_vs_system_prompt" not in out["methods"]["loving/system_prompt"]["suffixed"]["in_character/loving"]
     assert "delta_vs_system_prompt" not in out["methods"]["base"]["suffixed"]["in_character/loving"]
+
+
+def test_coherence_is_reported_only_against_the_configured_rivals():
+    """Hand-computed: final wins 3/4 of each game against system_prompt (as a and as b), so its share is
+    0.75; games against dpo exist but dpo is not a configured rival, so no row for it."""
+    from character.eval.metrics import coherence_metrics
+    games = [{"persona": "loving", "a_method": "final", "b_method": "system_prompt", "a_share": 0.75, "parse_rate": 1.0},
+             {"persona": "loving", "a_method": "system_prompt", "b_method": "final", "a_share": 0.25, "parse_rate": 1.0},
+             {"persona": "loving", "a_method": "final", "b_method": "dpo", "a_share": 0.1, "parse_rate": 1.0}]
+    out = coherence_metrics(games, make_params(coherence_rivals=["system_prompt"], bootstrap=20))
+    assert set(out["loving"]) == {"final_vs_system_prompt"}
+    row = out["loving"]["final_vs_system_prompt"]
+    assert row["pairs"] == 2 and row["win_share"]["mean"] == 0.75 and row["decisive"] == 1.0
+    both = coherence_metrics(games, make_params(coherence_rivals=["system_prompt", "dpo"], bootstrap=20))
+    assert both["loving"]["final_vs_dpo"]["win_share"]["mean"] == 0.1

@@ -564,13 +564,21 @@ def test_evaluation_is_priced_from_the_request_set():
     assert answers.sample == 5 * base.sample and answers.prompt > 5 * base.prompt / 2
     assert judge.alias == "qwen3.5-27b" and expected[2].usd > 0 and judge.sample == 0  # logprob mode
     # generate mode: one verdict per revealed/expression answer of every method (base, then per persona
-    # system_prompt, dpo, final, rlaif_model, rlaif_judge) and per coherence pair (final vs the 4 others) x 2.
+    # system_prompt, dpo, final, rlaif_model, rlaif_judge) and per coherence pair (final vs each rival that
+    # runs on Tinker: steering does not) x 2.
     data = yaml.safe_load(open("params.yaml"))
     ev = {**data["evaluation"], "judge_mode": "generate"}
     gen = validate_params({**data, "model": "qwen3-8b", "judge": "qwen3.5-27b", "evaluation": ev})
     [judge] = estimate(gen, None, ("evaluate",))[1]
     revealed = sum(r["task"] in ("revealed", "expression") for r in requests)
     personas, heldout = len(gen.personas), gen.evaluation.heldout_prompts
+    assert gen.evaluation.coherence_rivals == ["system_prompt"]  # the default preset's
+    verdicts = (1 + personas * 5) * revealed + personas * 1 * heldout * 2
+    assert judge.sample == verdicts * gen.evaluation.judge_sampling.max_new_tokens
+    # every rival: the 4 that run on Tinker, steering left out
+    every = validate_params({**data, "model": "qwen3-8b", "judge": "qwen3.5-27b", "evaluation": {
+        **ev, "coherence_rivals": ["system_prompt", "steering", "dpo", "rlaif_model", "rlaif_judge"]}})
+    [judge] = estimate(every, None, ("evaluate",))[1]
     verdicts = (1 + personas * 5) * revealed + personas * 4 * heldout * 2
     assert judge.sample == verdicts * gen.evaluation.judge_sampling.max_new_tokens
 

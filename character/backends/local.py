@@ -341,6 +341,21 @@ class LocalBackend:
         return {"format": "peft_adapter", "exact": params.method == "concat"}
 
 
+def top_layer_lora(model: torch.nn.Module, top_layers: int,
+                   targets: str | list[str]) -> tuple[str | list[str], list[int] | None]:
+    """(target_modules, layers_to_transform) for LoRA on the top `top_layers` transformer blocks only, so
+    the backward pass stops there; 0 (or at least the model's depth): every layer, `targets` unchanged.
+    PEFT takes a layer subset only with named targets, so "all-linear" becomes every linear layer's
+    name inside the blocks."""
+    n_layers = model.config.get_text_config(decoder=True).num_hidden_layers  # type: ignore[union-attr,operator]
+    if not 0 < top_layers < n_layers:
+        return targets, None
+    if targets == "all-linear":
+        targets = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                          if isinstance(m, torch.nn.Linear) and ".layers." in n})
+    return targets, list(range(n_layers - top_layers, n_layers))
+
+
 class LocalTrainingSession:
     def __init__(self, backend: LocalBackend, lora: LoraParams, optim: OptimParams, base_adapters: list[AdapterRef],
                  seed: int):
@@ -350,13 +365,7 @@ class LocalTrainingSession:
         self.backend = backend
         self.base_adapters = base_adapters
         base = backend.merged(base_adapters)
-        targets, layers = backend.lora_targets, None
-        n_layers = base.config.get_text_config(decoder=True).num_hidden_layers  # type: ignore[union-attr,operator]
-        if 0 < lora.top_layers < n_layers:
-            layers = list(range(n_layers - lora.top_layers, n_layers))
-            # PEFT takes a layer subset only with named targets: every linear layer inside the blocks.
-            targets = targets if targets != "all-linear" else sorted(
-                {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n})
+        targets, layers = top_layer_lora(base, lora.top_layers, backend.lora_targets)
         config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                 target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM")
         self.model = get_peft_model(base, config).to(backend.device)

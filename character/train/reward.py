@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 
 from character.backends.base import Conversation
-from character.io import read_jsonl, stable_adapter_config, write_json
+from character.backends.local import top_layer_lora
+from character.io import Checkpoints, read_jsonl, stable_adapter_config, write_json
 from character.params import RewardModelParams
-from character.io import Checkpoints
 from character.train.loop import split_heldout
 
 log = logging.getLogger(__name__)
@@ -207,13 +207,10 @@ def train_reward_model(model, tokenizer, pairs: list[dict], params: RewardModelP
     from transformers import TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
-    opt, layers = params.optim, model.config.num_hidden_layers
-    top = list(range(layers - params.top_layers, layers)) if 0 < params.top_layers < layers else None
-    # PEFT takes a layer subset only with named targets: every linear layer inside the transformer blocks.
-    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                     if isinstance(m, torch.nn.Linear) and ".layers." in n}) if top else "all-linear"
+    opt = params.optim
+    targets, top = top_layer_lora(model, params.top_layers, "all-linear")
     lora = LoraConfig(task_type="SEQ_CLS", r=params.lora.rank, lora_alpha=params.lora.alpha,
-                      lora_dropout=params.lora.dropout, target_modules=linear, modules_to_save=["score"],
+                      lora_dropout=params.lora.dropout, target_modules=targets, modules_to_save=["score"],
                       layers_to_transform=top)
     cuda = next(model.parameters()).device.type == "cuda"
     accumulate = max(1, opt.batch_size // opt.micro_batch_size)

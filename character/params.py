@@ -304,9 +304,16 @@ class EvalParams(_Strict):
     # Judge-based results are marked uninformative when the reply changes the judge's verdict (against
     # its verdict for an empty reply) less often than this.
     judge_min_sensitivity: float = Field(0.25, ge=0, le=1)
-    # The final model is judged for coherence against each of these methods (those that ran), 2 games
-    # (both orders) per evaluation prompt each: with a small judge most of the `evaluate` stage's time.
+    # The final model is judged for coherence against each of these methods (those that ran), one game
+    # per evaluation prompt each, judged in both orders: with a small judge most of `evaluate`'s time.
     coherence_rivals: list[CoherenceRival] = ["system_prompt", "steering", "dpo", "rlaif_model", "rlaif_judge"]
+
+    @field_validator("coherence_rivals")
+    @classmethod
+    def _distinct_rivals(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"{value}: each method at most once (a repeat would judge the same games twice)")
+        return value
 
 
 class RuntimeParams(_Strict):

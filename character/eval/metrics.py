@@ -30,7 +30,8 @@ PREFERENCE_CONDITIONS = ("feels_like_you", "would_adopt")
 
 def judge_all(judge: Backend, rows: list[dict], constitutions: dict[str, str], params: Params,
               progress: Progress) -> tuple[list[dict], list[dict]]:
-    """(trait verdicts for revealed/expression answers, coherence verdicts final vs each other method)."""
+    """(trait verdicts for revealed/expression answers, coherence verdicts final vs each of
+    evaluation.coherence_rivals that ran)."""
     ev = params.evaluation
     verdicts = judge_traits(judge, [r for r in rows if r["task"] in ("revealed", "expression")], ev, progress)
     rng = random.Random(params.seed)

@@ -50,11 +50,11 @@ def plot_tables(metrics: dict, ratings: dict, plots_dir: Path) -> dict[str, list
             for key, rate in cell.items():
                 row = {"method": mk, "condition": condition, "persona": key.split("/", 1)[1], "rate": rate["rate"],
                        "lo": rate["lo"], "hi": rate["hi"], "n": rate["n"]}
-                for null in ("base", "base_resampled"):
-                    d = rate.get(f"delta_vs_{null}")
+                for rival in ("base", "base_resampled", "system_prompt"):
+                    d = rate.get(f"delta_vs_{rival}")
                     if d and d.get("delta") is not None:
-                        row.update({f"delta_vs_{null}": d["delta"], f"delta_vs_{null}_lo": d["lo"],
-                                    f"delta_vs_{null}_hi": d["hi"]})
+                        row.update({f"delta_vs_{rival}": d["delta"], f"delta_vs_{rival}_lo": d["lo"],
+                                    f"delta_vs_{rival}_hi": d["hi"]})
                 tables["robustness"].append(row)
     for persona, rivals in metrics["coherence"].items():
         for name, s in rivals.items():

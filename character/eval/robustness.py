@@ -72,7 +72,8 @@ def macro_f1(rows: list[dict], personas: list[str]) -> float | None:
 
 def robustness_metrics(rows: list[dict], params: Params) -> dict:
     """The frozen classifier's check, then per method key and condition: in-character rates, macro-F1 and
-    deltas against the nulls. Mutates nothing; returns a metrics tree."""
+    deltas against the nulls and, for a trained method, its persona's system_prompt method. Mutates
+    nothing; returns a metrics tree."""
     ev, personas = params.evaluation, list(params.personas)
     fit, check = classifier_texts(rows, params)
     labels = sorted({r["label"] for r in fit})

@@ -252,6 +252,15 @@ def test_trained_method_is_compared_with_its_prompted_baseline_by_prompt():
     assert vs_prompted["lo"] < -0.75 < vs_prompted["hi"] < 0  # an interval, and it excludes zero
     assert "delta_vs_system_prompt" not in out["methods"]["loving/system_prompt"]["suffixed"]["in_character/loving"]
     assert "delta_vs_system_prompt" not in out["methods"]["base"]["suffixed"]["in_character/loving"]
+    # The report's headline table carries it as a column, blank where there is no prompted baseline.
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("evaluate_stage", ROOT / "stages" / "evaluate.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    rows = {(r["method"], r["persona"]): r for r in stage.headline_rows({"robustness": out, "revealed": {}}, params)}
+    assert rows[("loving/final", "loving")]["suffixed - system_prompt"].startswith("-0.750 [")
+    assert rows[("loving/system_prompt", "loving")]["suffixed - system_prompt"] == ""
+    assert rows[("base", "loving")]["suffixed - system_prompt"] == ""
 
 
 def test_coherence_is_reported_only_against_the_configured_rivals():

@@ -63,3 +63,10 @@ def test_preset_command_keeps_comments_and_validates(tmp_path):
     text = params.read_text()
     assert "# the student: the model being character-trained" in text and "personas: [sarcastic]" in text
     assert load_params(params).pairs.max_prompts == apply_preset(ROOT / "params.yaml", "smoke")["pairs"]["max_prompts"]
+
+
+def test_repeated_coherence_rival_is_refused():
+    with pytest.raises(ParamsError, match=r"evaluation.coherence_rivals: .*at most once"):
+        validate_params(deep_merge(base(), {"evaluation": {"coherence_rivals": ["dpo", "dpo"]}}))
+    with pytest.raises(ParamsError, match=r"evaluation.coherence_rivals"):
+        validate_params(deep_merge(base(), {"evaluation": {"coherence_rivals": ["final"]}}))

@@ -101,3 +101,28 @@ def test_closure_follows_function_level_and_package_imports(tmp_path):
     assert "character/cost.py" not in files and "character/train/dpo.py" not in files
     assert not covered(ROOT / "character/eval/judge.py", ["character/ev", "character/eval.py"])
     assert covered(ROOT / "character/eval/judge.py", ["character/eval"])
+
+
+def stage_params() -> list[tuple[str, str, list[str]]]:
+    out = []
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        body = stage.get("do", stage)
+        script = re.search(r"python (stages/\S+\.py)", body["cmd"]).group(1)
+        out.append((name, script, [p for p in body.get("params", []) if isinstance(p, str)]))
+    return out
+
+
+@pytest.mark.parametrize("name,script,params", stage_params(), ids=[s[0] for s in stage_params()])
+def test_a_stage_listing_some_evaluation_params_reads_no_other(name, script, params):
+    """A stage that declares single `evaluation.<field>` params (not the whole section) re-runs only when
+    those change, so none of its code may read another field: `.<field>` appears nowhere in its closure
+    (params.py, which defines them, aside; `model_dump()`, a resume key, is not a read of one field)."""
+    from character.params import EvalParams
+    declared = {p.split(".", 1)[1] for p in params if p.startswith("evaluation.")}
+    if not declared or "evaluation" in params:
+        return
+    undeclared = set(EvalParams.model_fields) - declared
+    files = (closure(ROOT / script) | {ROOT / script}) - {ROOT / "character" / "params.py"}
+    reads = sorted(f"{p.relative_to(ROOT).as_posix()}: {field}" for p in files for field in undeclared
+                   if re.search(rf"\.{field}\b", p.read_text()))
+    assert not reads, f"dvc.yaml: stage {name} reads evaluation params it does not declare: {reads}"

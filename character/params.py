@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -306,7 +306,7 @@ class EvalParams(_Strict):
     judge_min_sensitivity: float = Field(0.25, ge=0, le=1)
     # The final model is judged for coherence against each of these methods (those that ran), one game
     # per evaluation prompt each, judged in both orders: with a small judge most of `evaluate`'s time.
-    coherence_rivals: list[CoherenceRival] = ["system_prompt", "steering", "dpo", "rlaif_model", "rlaif_judge"]
+    coherence_rivals: list[CoherenceRival] = list(get_args(CoherenceRival))
 
     @field_validator("coherence_rivals")
     @classmethod

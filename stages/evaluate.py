@@ -89,6 +89,7 @@ def headline_rows(metrics: dict, params) -> list[dict]:
     """One row per method: in-character rates and their differences against both nulls and the prompted
     baseline, as "x [lo, hi]"."""
     from character.eval.report import interval
+    from character.eval.robustness import DELTA_RIVALS
 
     rows = []
     for mk, groups in metrics["robustness"].get("methods", {}).items():
@@ -102,7 +103,7 @@ def headline_rows(metrics: dict, params) -> list[dict]:
                 cell = groups.get(condition, {}).get(key) or {}
                 row[f"in_character/{condition}"] = interval(cell)
                 # Every row has every column (blank: itself, or no prompted baseline to compare with).
-                for rival in ("base", "base_resampled", "system_prompt"):
+                for rival in DELTA_RIVALS:
                     row[f"{condition} - {rival}"] = interval(cell.get(f"delta_vs_{rival}"), "delta")
             expression = metrics["revealed"].get(mk, {}).get("expression_rate", {}).get(p)
             row["expression (judge)"] = interval(expression)

@@ -11,6 +11,8 @@ import csv
 import html
 from pathlib import Path
 
+from character.eval.robustness import DELTA_RIVALS
+
 
 def _figure():
     import matplotlib
@@ -50,7 +52,7 @@ def plot_tables(metrics: dict, ratings: dict, plots_dir: Path) -> dict[str, list
             for key, rate in cell.items():
                 row = {"method": mk, "condition": condition, "persona": key.split("/", 1)[1], "rate": rate["rate"],
                        "lo": rate["lo"], "hi": rate["hi"], "n": rate["n"]}
-                for rival in ("base", "base_resampled", "system_prompt"):
+                for rival in DELTA_RIVALS:
                     d = rate.get(f"delta_vs_{rival}")
                     if d and d.get("delta") is not None:
                         row.update({f"delta_vs_{rival}": d["delta"], f"delta_vs_{rival}_lo": d["lo"],

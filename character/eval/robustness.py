@@ -28,6 +28,9 @@ from character.prompts import ADVERSARIAL_SUFFIXES
 
 NONE = "none"  # the class of answers with no persona (the base model's)
 NULL_METHODS = ("base", "base_resampled")
+# What an in-character rate's `delta_vs_<rival>` is taken against: both nulls and, for a trained method,
+# its persona's prompted baseline.
+DELTA_RIVALS = NULL_METHODS + ("system_prompt",)
 
 
 def method_key(row: dict) -> str:

@@ -6,7 +6,7 @@ behind an API key. Chromium, driven over the DevTools protocol (aiohttp's websoc
 package), gets the key typed in, the seed and max_tokens edited and a prompt typed, asks with Ctrl+Enter and waits for
 every column to finish. Each column's text must equal what /v1/chat/completions returns for the same
 model, messages, settings and seed; the constitution column must equal the base model asked with the
-constitution as system prompt. A rating and a star given from the keyboard must show up in the export.
+teacher's context (params.elicitation: system prompt and few-shot turns). A rating and a star given from the keyboard must show up in the export.
 Screenshots at 1280 px and 390 px go under the test's temporary folder.
 
 test_full_queue_shows_busy_then_answers: the in-process server on the tiny model with room for one
@@ -174,7 +174,8 @@ def ask(url: str, model: str, messages: list[dict], settings: dict) -> dict:
 
 @pytest.mark.slow
 def test_page_against_character_serve(browser, tmp_path, weights_dir):
-    from character.constitution import find_constitution, system_prompt
+    from character.constitution import find_constitution, teacher_context
+    from character.params import load_params
 
     t0 = time.monotonic()
     smoke_persona(weights_dir, tmp_path / "sarcastic-dpo")
@@ -266,8 +267,10 @@ def test_page_against_character_serve(browser, tmp_path, weights_dir):
         direct = {c["model"]: ask(url, c["model"], messages, settings) for c in columns}
         for c in columns:
             assert c["text"] == direct[c["model"]]["choices"][0]["message"]["content"], c["model"]
-        system = system_prompt(find_constitution("sarcastic", ROOT / "constitutions"), "SmolLM")
-        by_hand = ask(url, "smollm2", [{"role": "system", "content": system}, *messages], settings)
+        # The teacher's context under params.elicitation (short prompt, few-shot turns), as serve builds it.
+        context = teacher_context(find_constitution("sarcastic", ROOT / "constitutions"), "SmolLM",
+                                  load_params(tmp_path / "params.yaml").elicitation)
+        by_hand = ask(url, "smollm2", context.before(messages), settings)
         assert columns[1]["text"] == by_hand["choices"][0]["message"]["content"]
         assert len({c["text"] for c in columns}) == 3  # three different models, not one answer three times
 

@@ -156,12 +156,31 @@ class ElicitationParams(_Strict):
     # Classifier-free guidance of each decoding step against the same conversation without the constitution
     # context: logp_uncond + g (logp_cond - logp_uncond). 1: off. Local backend only (it needs the logits).
     guidance: float = Field(1.0, ge=1.0, le=10.0)
+    # Per persona, a strength that replaces `guidance` for that persona's chosen answers. The guard's drop
+    # rate differs by persona (teacher study, docs/results.md: at 1.5, 10% of loving's answers, 55-60% of
+    # simplifier's), so one strength for all can starve one persona of pairs to help another.
+    guidance_by_persona: dict[str, float] = {}
     # The coherence guard on guided chosen answers (applied when guidance > 1): an answer is dropped, and
     # counted, when its per-token NLL under the base model without the constitution exceeds
     # guard_max_nll_ratio x the median of the unguided (rejected) answers', or when its share of distinct
     # word bigrams is under guard_min_distinct x theirs.
     guard_max_nll_ratio: float = Field(1.6, ge=1)
     guard_min_distinct: float = Field(0.8, ge=0, le=1)
+
+    @field_validator("guidance_by_persona")
+    @classmethod
+    def _guidance_by_persona(cls, strengths: dict[str, float]) -> dict[str, float]:
+        for name, g in strengths.items():
+            if not PLAIN_NAME.match(name):
+                raise ValueError(f"{name!r} is not a persona name (constitutions/<name>.yaml)")
+            if not (isinstance(g, (int, float)) and 1.0 <= g <= 10.0):
+                raise ValueError(f"{name}: guidance {g!r} is outside [1, 10] (1: off)")
+        return strengths
+
+    def for_persona(self, persona: str) -> "ElicitationParams":
+        """These settings as one persona's teacher gets them: its `guidance_by_persona` strength, if any."""
+        return self.model_copy(update={"guidance": self.guidance_by_persona.get(persona, self.guidance),
+                                       "guidance_by_persona": {}})
 
 
 class PairsParams(_Strict):
@@ -485,9 +504,11 @@ def parse_override(item: str, where: str) -> tuple[list[str], object]:
 
 
 def deep_merge(base: dict, overlay: dict) -> dict:
+    """overlay over base, section by section; an empty mapping in overlay clears the base's (a preset can
+    turn a per-persona table such as elicitation.guidance_by_persona off)."""
     out = dict(base)
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = value

@@ -24,11 +24,12 @@ def main() -> None:
     prompts = [p for p in read_jsonl(args.prompts) if p["split"] == "train"][: params.pairs.max_prompts]
     student, teacher = stage.backends(params.model, params.teacher)  # the teacher checked first if remote
     names = (params.spec(params.teacher).assistant_name, params.spec(params.model).assistant_name)
-    context = teacher_context(constitution, names[1], params.elicitation)
-    progress = stage.progress("pairs", "pairs", prompts, context, params.pairs.model_dump(), params.elicitation.model_dump(),
+    elicitation = params.elicitation.for_persona(args.persona)
+    context = teacher_context(constitution, names[1], elicitation)
+    progress = stage.progress("pairs", "pairs", prompts, context, params.pairs.model_dump(), elicitation.model_dump(),
                               params.spec(params.model).model_dump(), params.spec(params.teacher).model_dump(),
                               params.seed)
-    pairs, metrics = build_pairs(prompts, teacher, student, context, names, params.pairs, params.elicitation, progress)
+    pairs, metrics = build_pairs(prompts, teacher, student, context, names, params.pairs, elicitation, progress)
     write_jsonl(args.out, pairs)
     stage.write_metrics(args.metrics, metrics)
     stage.finish()

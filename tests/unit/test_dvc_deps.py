@@ -126,3 +126,35 @@ def test_a_stage_listing_some_evaluation_params_reads_no_other(name, script, par
     reads = sorted(f"{p.relative_to(ROOT).as_posix()}: {field}" for p in files for field in undeclared
                    if re.search(rf"\.{field}\b", p.read_text()))
     assert not reads, f"dvc.yaml: stage {name} reads evaluation params it does not declare: {reads}"
+
+
+def elicitation_reads(path: Path) -> set[str]:
+    """The fields read as `<x>.elicitation.<field>` or `elicitation.<field>` in a module's code (an AST walk:
+    SamplingParams has a `guidance` of its own, and error messages name `elicitation.guidance` in text)."""
+    def is_elicitation(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Name) and node.id == "elicitation") or \
+            (isinstance(node, ast.Attribute) and node.attr == "elicitation")
+    return {n.attr for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Attribute) and is_elicitation(n.value)}
+
+
+@pytest.mark.parametrize("name,script,params", stage_params(), ids=[s[0] for s in stage_params()])
+def test_a_stage_listing_some_elicitation_params_reads_no_other(name, script, params):
+    """The same for `elicitation.<field>`: introspection and the evaluation's answers use the teacher's
+    context (system, short_traits, few_shot) but not guidance, so a guidance change re-runs pairs alone.
+    A stage that passes the whole section on (`model_dump()`, `for_persona`) must declare all of it."""
+    from character.params import ElicitationParams
+    declared = {p.split(".", 1)[1] for p in params if p.startswith("elicitation.")}
+    if not declared or "elicitation" in params:
+        return
+    files = (closure(ROOT / script) | {ROOT / script}) - {ROOT / "character" / "params.py"}
+    reads = sorted(f"{p.relative_to(ROOT).as_posix()}: {field}" for p in files
+                   for field in elicitation_reads(p) - declared)
+    assert not reads, f"dvc.yaml: stage {name} reads elicitation params it does not declare: {reads}"
+    assert declared <= set(ElicitationParams.model_fields), declared
+
+
+def test_the_elicitation_reads_check_sees_a_read_and_not_a_message(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f(params, elicitation, s):\n    raise ValueError('set elicitation.guidance: 1.0')\n"
+                      "    return params.elicitation.few_shot, elicitation.guidance, s.guidance\n")
+    assert elicitation_reads(module) == {"few_shot", "guidance"}

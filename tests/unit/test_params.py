@@ -70,3 +70,20 @@ def test_repeated_coherence_rival_is_refused():
         validate_params(deep_merge(base(), {"evaluation": {"coherence_rivals": ["dpo", "dpo"]}}))
     with pytest.raises(ParamsError, match=r"evaluation.coherence_rivals"):
         validate_params(deep_merge(base(), {"evaluation": {"coherence_rivals": ["final"]}}))
+
+
+def test_guidance_by_persona_applies_to_that_persona_only_and_is_checked():
+    elicitation = validate_params(deep_merge(base(), {"elicitation": {
+        "guidance": 1.0, "guidance_by_persona": {"loving": 1.5}}})).elicitation
+    assert elicitation.for_persona("loving").guidance == 1.5
+    assert elicitation.for_persona("simplifier").guidance == 1.0
+    assert elicitation.for_persona("loving").few_shot == elicitation.few_shot
+    with pytest.raises(ParamsError, match=r"elicitation.guidance_by_persona: .*loving: guidance 0.5 is outside"):
+        validate_params(deep_merge(base(), {"elicitation": {"guidance_by_persona": {"loving": 0.5}}}))
+    with pytest.raises(ParamsError, match=r"elicitation.guidance_by_persona: .*'Loving!' is not a persona name"):
+        validate_params(deep_merge(base(), {"elicitation": {"guidance_by_persona": {"Loving!": 1.5}}}))
+
+
+def test_an_empty_mapping_in_a_preset_clears_the_base_one():
+    assert deep_merge({"e": {"by": {"a": 1.5}, "g": 1}}, {"e": {"by": {}}}) == {"e": {"by": {}, "g": 1}}
+    assert deep_merge({"e": {"by": {"a": 1.5}}}, {"e": {"by": {"b": 2}}}) == {"e": {"by": {"a": 1.5, "b": 2}}}

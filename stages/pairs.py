@@ -26,7 +26,10 @@ def main() -> None:
     names = (params.spec(params.teacher).assistant_name, params.spec(params.model).assistant_name)
     elicitation = params.elicitation.for_persona(args.persona)
     context = teacher_context(constitution, names[1], elicitation)
-    progress = stage.progress("pairs", "pairs", prompts, context, params.pairs.model_dump(), elicitation.model_dump(),
+    # The resume key also seeds each chunk: it holds the resolved settings (the persona's strength is in
+    # `guidance`), not the per-persona table, so an unguided persona's pairs are those of before it existed.
+    progress = stage.progress("pairs", "pairs", prompts, context, params.pairs.model_dump(),
+                              elicitation.model_dump(exclude={"guidance_by_persona"}),
                               params.spec(params.model).model_dump(), params.spec(params.teacher).model_dump(),
                               params.seed)
     pairs, metrics = build_pairs(prompts, teacher, student, context, names, params.pairs, elicitation, progress)

@@ -144,6 +144,9 @@ class PromptsParams(_Strict):
                                                 max_new_tokens=256, batch_size=16)
 
 
+GUIDANCE_RANGE = (1.0, 10.0)  # elicitation.guidance and each guidance_by_persona strength (1: off)
+
+
 class ElicitationParams(_Strict):
     """How the teacher is put in character (docs/pipeline.md "Teacher elicitation"): in the pairs stage
     (chosen answers) and introspection, and, guidance aside, as the evaluation's system_prompt baseline.
@@ -155,7 +158,7 @@ class ElicitationParams(_Strict):
     few_shot: int = Field(0, ge=0)  # the constitution's hand-written examples, as earlier turns (0: none)
     # Classifier-free guidance of each decoding step against the same conversation without the constitution
     # context: logp_uncond + g (logp_cond - logp_uncond). 1: off. Local backend only (it needs the logits).
-    guidance: float = Field(1.0, ge=1.0, le=10.0)
+    guidance: float = Field(1.0, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1])
     # Per persona, a strength that replaces `guidance` for that persona's chosen answers. The guard's drop
     # rate differs by persona (teacher study, docs/results.md: at 1.5, 10% of loving's answers, 55-60% of
     # simplifier's), so one strength for all can starve one persona of pairs to help another.
@@ -173,7 +176,7 @@ class ElicitationParams(_Strict):
         for name, g in strengths.items():
             if not PLAIN_NAME.match(name):
                 raise ValueError(f"{name!r} is not a persona name (constitutions/<name>.yaml)")
-            if not (isinstance(g, (int, float)) and 1.0 <= g <= 10.0):
+            if not (isinstance(g, (int, float)) and GUIDANCE_RANGE[0] <= g <= GUIDANCE_RANGE[1]):
                 raise ValueError(f"{name}: guidance {g!r} is outside [1, 10] (1: off)")
         return strengths
 

@@ -57,7 +57,7 @@ class Stage:
     def __init__(self, name: str, args: argparse.Namespace, params: Params):
         self.name, self.args, self.params = name, args, params
         self.persona: str | None = getattr(args, "persona", None)
-        self._backends: dict[str, Any] = {}
+        self._backends: dict[tuple[str, str], Any] = {}
         self._progress: list = []
 
     @classmethod
@@ -74,12 +74,13 @@ class Stage:
             raise SystemExit(0)
         return cls(name, args, params)
 
-    def backend(self, alias: str):
-        """The backend for a model alias, made once: a teacher or judge that is the student shares its weights."""
-        if alias not in self._backends:
+    def backend(self, alias: str, dtype: str = "auto"):
+        """The backend for a model alias, made once: a teacher or judge that is the student shares its weights.
+        dtype: the local backend's number format for sampling and scoring (the evaluation's `dtype`)."""
+        if (alias, dtype) not in self._backends:
             from character.backends import make_backend
-            self._backends[alias] = make_backend(self.params, alias)
-        return self._backends[alias]
+            self._backends[alias, dtype] = make_backend(self.params, alias, dtype)
+        return self._backends[alias, dtype]
 
     def backends(self, *aliases: str) -> list:
         """Backends for several roles, remote ones (openai, tinker) first: making one checks its server,

@@ -34,7 +34,7 @@ def main() -> None:
                                          capability_metrics, final_adapter, first_turns, requests_for, score_rows)
     from character.io import file_sha256, read_jsonl, write_json, write_jsonl
 
-    backend = stage.backend(params.model)
+    backend = stage.backend(params.model, params.evaluation.dtype)
     context = teacher_context(find_constitution(args.persona), params.spec(params.model).assistant_name,
                               params.elicitation)
     system = context.system
@@ -59,7 +59,7 @@ def main() -> None:
                         file_sha256(f"{args.final}/manifest.json")],  # the manifest names the composition
               **{name: [adapter_fingerprint(args.dpo), adapter_fingerprint(folder)] for name, folder in rlaif.items()}}
     for method in methods:
-        progress = stage.progress("eval", "eval_answers", args.persona, method.name, requests, context, ev.model_dump(),
+        progress = stage.progress("eval", "eval_answers", args.persona, method.name, requests, context, ev.answer_settings(),
                                   file_sha256(args.base), models.get(method.name),
                                   steering if method.name == "steering" else None, params.seed)
         answered = answer_requests(backend, method, requests_for(method.name, requests), ev, progress,

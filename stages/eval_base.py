@@ -24,12 +24,12 @@ def main() -> None:
                                          capability_metrics, first_turns, requests_for, score_rows)
     from character.io import write_jsonl
 
-    backend = stage.backend(params.model)
+    backend = stage.backend(params.model, params.evaluation.dtype)
     name = params.spec(params.model).assistant_name
     systems = {p: teacher_context(find_constitution(p), name, params.elicitation).system for p in params.personas}
     base, resampled, ev = Method("base"), Method("base_resampled"), params.evaluation
     requests = build_requests(params)
-    progress = stage.progress("eval", "eval_base", requests, ev.model_dump(), params.spec(params.model).model_dump(),
+    progress = stage.progress("eval", "eval_base", requests, ev.answer_settings(), params.spec(params.model).model_dump(),
                               params.seed)
     rows = answer_requests(backend, base, requests, ev, progress, "base: answers", part="-a")
     prefill = [r for r in build_requests(params, first_turns(rows)) if r["task"] == "prefill"]

@@ -158,3 +158,17 @@ def test_the_elicitation_reads_check_sees_a_read_and_not_a_message(tmp_path):
     module.write_text("def f(params, elicitation, s):\n    raise ValueError('set elicitation.guidance: 1.0')\n"
                       "    return params.elicitation.few_shot, elicitation.guidance, s.guidance\n")
     assert elicitation_reads(module) == {"few_shot", "guidance"}
+
+
+@pytest.mark.parametrize("name", ["eval_base", "eval_answers"])
+def test_the_answer_stages_declare_exactly_the_fields_their_seeds_hash(name):
+    """eval_base and eval_answers seed each chunk from a key holding EvalParams.answer_settings(). A field in
+    that key but not declared would move every seed unseen by DVC (as coherence_rivals once did); a field
+    declared but not in the key would re-run the stage to the same seeds."""
+    from character.params import EvalParams
+    body = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][name]
+    body = body.get("do", body)
+    declared = {p.split(".", 1)[1] for p in body["params"] if isinstance(p, str) and p.startswith("evaluation.")}
+    assert declared == set(EvalParams.ANSWER_FIELDS), declared ^ set(EvalParams.ANSWER_FIELDS)
+    assert set(EvalParams.ANSWER_FIELDS) <= set(EvalParams.model_fields)
+    assert set(EvalParams().answer_settings()) == set(EvalParams.ANSWER_FIELDS)

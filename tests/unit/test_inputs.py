@@ -257,7 +257,7 @@ def test_stage_checks_a_remote_teacher_before_loading_the_student(monkeypatch):
         "teacher": "srv", "models": {"srv": {"backend": "openai", "id": "m", "base_url": "http://127.0.0.1:9/v1"}}}))
     made: list[str] = []
 
-    def make(params, alias):
+    def make(params, alias, dtype="auto"):
         made.append(alias)
         if alias == "srv":
             raise BackendUnavailable("models.srv: cannot reach http://127.0.0.1:9/v1")

@@ -87,3 +87,12 @@ def test_guidance_by_persona_applies_to_that_persona_only_and_is_checked():
 def test_an_empty_mapping_in_a_preset_clears_the_base_one():
     assert deep_merge({"e": {"by": {"a": 1.5}, "g": 1}}, {"e": {"by": {}}}) == {"e": {"by": {}, "g": 1}}
     assert deep_merge({"e": {"by": {"a": 1.5}}}, {"e": {"by": {"b": 2}}}) == {"e": {"by": {"a": 1.5, "b": 2}}}
+
+
+def test_the_answers_seed_key_ignores_judge_settings():
+    from character.params import EvalParams
+    base = EvalParams()
+    judged = EvalParams(coherence_rivals=["system_prompt"], bootstrap=7, judge_min_sensitivity=0.5)
+    assert judged.answer_settings() == base.answer_settings()
+    assert EvalParams(dtype="bfloat16").answer_settings() != base.answer_settings()
+    assert EvalParams(heldout_prompts=3).answer_settings() != base.answer_settings()

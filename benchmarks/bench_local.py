@@ -2,13 +2,14 @@
 
     python benchmarks/bench_local.py [--threads 2] [--quick] [--out results.json]
 
-    python benchmarks/bench_local.py --only scoring   # one section (peak, naive, batched, lora, scoring)
+    python benchmarks/bench_local.py --only scoring   # one section (peak, naive, batched, lora, scoring, dtype)
 
 Measures (a) the fp32 matmul peak, which bounds everything else; (b) naive sampling, one prompt at a time
 through `model.generate`; (c) batched sampling through `LocalBackend.sample`; (d) one LoRA training step
 (forward + backward) through the backend's training session; (e) scoring throughput of
 `LocalBackend.logprobs`, with and without a shared constitution system prompt, reusing the prompt's
-key/value cache or not. Timings are the best of a few runs: other processes on a 2-core machine only
+key/value cache or not; (f) scoring with the model in bfloat16 (evaluation.scoring_dtype) against float32,
+how far bf16 moves the scores, and bf16 sampling (why sampling stays float32). Timings are the best of a few runs: other processes on a 2-core machine only
 ever make a run slower, so the minimum is the least noisy estimate.
 """
 
@@ -139,7 +140,45 @@ def scoring(backend: LocalBackend, rows: int, answer_tokens: int, repeats: int) 
     return out
 
 
-SECTIONS = ("peak", "naive", "batched", "lora", "scoring")
+def evaluation_like(n: int) -> list:
+    """n conversations shaped like the evaluation's requests: a shipped general prompt, plain or with one of
+    the adversarial suffixes, in the evaluation's order (a prompt's variants next to each other)."""
+    from character.io import read_jsonl
+    from character.prompts import ADVERSARIAL_SUFFIXES
+    prompts = [r["prompt"] for r in read_jsonl("data/shipped/general_prompts.jsonl")]
+    suffixes = list(ADVERSARIAL_SUFFIXES.values())
+    texts = [t for i, p in enumerate(prompts)
+             for t in (p, f"{p} {suffixes[2 * i % len(suffixes)]}", f"{p} {suffixes[(2 * i + 1) % len(suffixes)]}")]
+    return [[{"role": "user", "content": t}] for t in texts[:n]]
+
+
+def scoring_dtype(backend: LocalBackend, conversations: list, new_tokens: int, repeats: int) -> dict:
+    """evaluation.scoring_dtype: scored sequences/s of the answers with the model in bfloat16 against float32,
+    and how far bf16 moves each answer's summed log-prob. Also batched sampling with a bf16 copy of the model,
+    the reason sampling stays float32."""
+    import copy
+    bf16 = LocalBackend("embedded:smollm2", threads=torch.get_num_threads(), tokenizer=backend.tokenizer,
+                        model=backend._base, scoring_dtype="bfloat16")
+    bf16_sampler = LocalBackend("embedded:smollm2", threads=torch.get_num_threads(), tokenizer=backend.tokenizer,
+                                model=copy.deepcopy(backend._base).to(torch.bfloat16))
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_tokens=new_tokens, seed=0)
+    answers = [c.text or "." for [c] in backend.sample(conversations, params)]
+    seqs = [backend.render(c + [{"role": "assistant", "content": a}]) for c, a in zip(conversations, answers)]
+    out: dict = {"rows": len(conversations), "new_tokens": new_tokens}
+    for name, scorer, sampler in (("float32", backend, backend), ("bfloat16", bf16, bf16_sampler)):
+        sampled = batched_sampling(sampler, conversations, new_tokens, repeats)[0]
+        scored = len(seqs) / best_time(lambda b=scorer: b.logprobs(seqs), repeats,
+                                       warm_up=lambda b=scorer: b.logprobs(seqs[:2]))
+        out[name] = {"sampling_tokens_per_s": sampled, "scoring_sequences_per_s": scored}
+    totals = {name: torch.stack([lp.sum() for lp in b.logprobs(seqs)]) for name, b in
+              (("float32", backend), ("bfloat16", bf16))}
+    diff = (totals["bfloat16"] - totals["float32"]).abs()
+    out["logprob_total_abs_diff"] = {"mean": float(diff.mean()), "max": float(diff.max()),
+                                     "mean_abs_total": float(totals["float32"].abs().mean())}
+    return out
+
+
+SECTIONS = ("peak", "naive", "batched", "lora", "scoring", "dtype")
 
 
 def main():
@@ -202,6 +241,18 @@ def main():
             label = f"    {name.replace('_', ' ')} ({r['mean_tokens']:.0f} tokens each)"
             print(f"{label:48s} {r['prefix_reuse_sequences_per_s']:9.2f} seq/s   (plain path "
                   f"{r['plain_sequences_per_s']:.2f}: {r['speedup']:.1f}x; max |diff| {r['max_abs_diff']:.1e})")
+    if "dtype" in run:
+        d = results["scoring_dtype"] = scoring_dtype(backend, evaluation_like(64), 40, repeats)
+        f32, b16, diff = d["float32"], d["bfloat16"], d["logprob_total_abs_diff"]
+        print(f"(f) evaluation.scoring_dtype, {d['rows']} evaluation-like rows x {d['new_tokens']} tokens: "
+              "bfloat16 against float32")
+        print(f"{'    scoring the answers':48s} {b16['scoring_sequences_per_s']:9.2f} seq/s   (float32 "
+              f"{f32['scoring_sequences_per_s']:.2f}: {b16['scoring_sequences_per_s'] / f32['scoring_sequences_per_s']:.1f}x)")
+        ratio = b16["sampling_tokens_per_s"] / f32["sampling_tokens_per_s"]
+        print(f"{'    batched sampling, a bf16 copy (not used)':48s} {b16['sampling_tokens_per_s']:9.1f} tok/s"
+              f"   (float32 {f32['sampling_tokens_per_s']:.1f}: {ratio:.2f}x)")
+        print(f"{'    |log p(answer)| change, mean / max':48s} {diff['mean']:9.3f} / {diff['max']:.3f} nats"
+              f"   (of a mean |log p| of {diff['mean_abs_total']:.1f})")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)

@@ -329,9 +329,10 @@ class EvalParams(_Strict):
     # The final model is judged for coherence against each of these methods (those that ran), one game
     # per evaluation prompt each, judged in both orders: with a small judge most of `evaluate`'s time.
     coherence_rivals: list[CoherenceRival] = list(get_args(CoherenceRival))
-    # The local backend's number format for the evaluation's sampling and scoring (judge included); adapters
-    # are folded in float32 first. auto: bfloat16 on a GPU, float32 on a CPU. Remote backends ignore it.
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # The local backend's number format for the evaluation's log-prob scoring (capabilities, NLL and
+    # log-ratios, the judge); adapters are folded in float32 first, sampling keeps the model's format.
+    # auto: the model's (bfloat16 on a GPU, float32 on a CPU). Remote backends ignore it.
+    scoring_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
     # What shapes the answers of eval_base and eval_answers, the fields those stages declare in dvc.yaml
     # (tests/unit/test_dvc_deps.py ties the two). Their resume keys, which seed every chunk, hash these
@@ -340,7 +341,7 @@ class EvalParams(_Strict):
         "heldout_prompts", "suffixes_per_prompt", "classifier_prompts", "classifier_fraction",
         "classifier_check_fraction", "revealed_prompts", "steering_prompts", "steering_coefficients",
         "steering_max_nll_ratio", "capability_benchmarks", "capability_questions", "capability_questions_methods",
-        "capability_formats", "general_texts", "sampling", "dtype")
+        "capability_formats", "general_texts", "sampling", "scoring_dtype")
 
     def answer_settings(self) -> dict:
         """The ANSWER_FIELDS' values: the part of this section the answers' resume keys hash."""

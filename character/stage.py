@@ -74,13 +74,13 @@ class Stage:
             raise SystemExit(0)
         return cls(name, args, params)
 
-    def backend(self, alias: str, dtype: str = "auto"):
+    def backend(self, alias: str, scoring_dtype: str = "auto"):
         """The backend for a model alias, made once: a teacher or judge that is the student shares its weights.
-        dtype: the local backend's number format for sampling and scoring (the evaluation's `dtype`)."""
-        if (alias, dtype) not in self._backends:
+        scoring_dtype: the local backend's number format for log-prob scoring (evaluation.scoring_dtype)."""
+        if (alias, scoring_dtype) not in self._backends:
             from character.backends import make_backend
-            self._backends[alias, dtype] = make_backend(self.params, alias, dtype)
-        return self._backends[alias, dtype]
+            self._backends[alias, scoring_dtype] = make_backend(self.params, alias, scoring_dtype)
+        return self._backends[alias, scoring_dtype]
 
     def backends(self, *aliases: str) -> list:
         """Backends for several roles, remote ones (openai, tinker) first: making one checks its server,

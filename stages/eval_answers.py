@@ -34,7 +34,7 @@ def main() -> None:
                                          capability_metrics, final_adapter, first_turns, requests_for, score_rows)
     from character.io import file_sha256, read_jsonl, write_json, write_jsonl
 
-    backend = stage.backend(params.model, params.evaluation.dtype)
+    backend = stage.backend(params.model, params.evaluation.scoring_dtype)
     context = teacher_context(find_constitution(args.persona), params.spec(params.model).assistant_name,
                               params.elicitation)
     system = context.system

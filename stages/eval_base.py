@@ -24,7 +24,7 @@ def main() -> None:
                                          capability_metrics, first_turns, requests_for, score_rows)
     from character.io import write_jsonl
 
-    backend = stage.backend(params.model, params.evaluation.dtype)
+    backend = stage.backend(params.model, params.evaluation.scoring_dtype)
     name = params.spec(params.model).assistant_name
     systems = {p: teacher_context(find_constitution(p), name, params.elicitation).system for p in params.personas}
     base, resampled, ev = Method("base"), Method("base_resampled"), params.evaluation

@@ -42,7 +42,7 @@ def main() -> None:
                 method_metrics[f"{p}/{name}"] = m
     constitutions = {p: find_constitution(p) for p in params.personas}
     traits = {p: numbered(c.assertions) for p, c in constitutions.items()}
-    judge = stage.backend(params.judge, params.evaluation.dtype)
+    judge = stage.backend(params.judge, params.evaluation.scoring_dtype)
     progress = stage.progress("evaluate", "evaluate", [file_sha256(f) for f in files], params.evaluation.model_dump(),
                               params.spec(params.judge).model_dump(), params.seed)
     verdicts, coherence = judge_all(judge, rows, traits, params, progress)

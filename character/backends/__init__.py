@@ -17,16 +17,16 @@ __all__ = ["BackendUnavailable", "make_backend"]
 log = logging.getLogger(__name__)
 
 
-def make_backend(params: Params, alias: str, dtype: str = "auto"):
-    """The backend of a model alias. dtype: the local backend's number format for sampling and scoring
-    (evaluation.dtype; "auto": bfloat16 on a GPU, float32 on a CPU); remote backends choose their own."""
+def make_backend(params: Params, alias: str, scoring_dtype: str = "auto"):
+    """The backend of a model alias. scoring_dtype: the local backend's number format for log-prob scoring
+    (evaluation.scoring_dtype; "auto": the model's, bfloat16 on a GPU, float32 on a CPU); remote ones ignore it."""
     spec = params.spec(alias)
     log.info("model %s -> %s backend, id %s", alias, spec.backend, spec.id)
     if spec.backend == "local":
         from character.backends.local import LocalBackend
         return LocalBackend(spec.id, cache_dir=params.runtime.cache_dir, threads=params.runtime.threads,
                             device=params.runtime.device, lora_targets=spec.lora_targets,
-                            inference_dtype=dtype)
+                            scoring_dtype=scoring_dtype)
     if spec.backend == "openai":  # sampling roles only (teacher, judge, prompt generator)
         from character.backends.openai_compat import OpenAICompatBackend
         return OpenAICompatBackend(spec, alias)

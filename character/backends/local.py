@@ -47,19 +47,20 @@ class LocalBackend:
 
     def __init__(self, model_id: str, cache_dir: str = ".cache/character", threads: int = 0,
                  device: str = "auto", lora_targets: list[str] | str = "all-linear",
-                 tokenizer=None, model=None, inference_dtype: str = "auto"):
+                 tokenizer=None, model=None, scoring_dtype: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = configure_torch(threads, device)
-        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32  # training and folding
-        # Sampling and scoring through model_for (not a live training session's model). bfloat16 on a CPU
-        # with native bf16 matmuls (AVX512-BF16, AMX) samples ~1.5x and scores ~2.3x faster than float32
-        # here (benchmarks/bench_local.py --only dtype), while adapters are still folded in float32.
-        self.inference_dtype = self.dtype if inference_dtype == "auto" else getattr(torch, inference_dtype)
-        if (self.device.type == "cpu" and self.inference_dtype == torch.bfloat16
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        # logprobs() alone runs in scoring_dtype, on copies made from the float32 models (adapters folded
+        # first). On this machine's CPU (native bf16 matmuls, AVX512-BF16) bf16 scores 2.3x faster than
+        # fp32, while bf16 sampling ran 25% slower on the evaluation's requests, so sampling stays fp32
+        # (benchmarks/bench_local.py --only dtype).
+        self.scoring_dtype = self.dtype if scoring_dtype == "auto" else getattr(torch, scoring_dtype)
+        if (self.device.type == "cpu" and self.scoring_dtype == torch.bfloat16
                 and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
-            log.warning("bfloat16 inference on a CPU without native bf16 support is emulated and slow; "
-                        "set evaluation.dtype: float32")
+            log.warning("bfloat16 scoring on a CPU without native bf16 support is emulated and slow; "
+                        "set evaluation.scoring_dtype: float32")
         self.model_id = model_id
         self.lora_targets = lora_targets
         self.weights = None if model is not None else resolve_weights(model_id, cache_dir)
@@ -71,7 +72,9 @@ class LocalBackend:
         self._base.to(self.device).eval()
         self._stop_ids = end_of_turn_ids(self.tokenizer)
         self._cached: tuple[tuple[str, ...], torch.nn.Module] | None = None
-        self._inference_base: torch.nn.Module | None = None  # self._base in inference_dtype, made when needed
+        # copies in scoring_dtype, made when first needed: the base model's, and the last adapter's
+        self._scoring_base: torch.nn.Module | None = None
+        self._scoring_cached: tuple[tuple[str, ...], torch.nn.Module] | None = None
 
     # ---- models with adapters -------------------------------------------------------------------------
     def _copy_base(self) -> torch.nn.Module:
@@ -87,25 +90,35 @@ class LocalBackend:
             model = PeftModel.from_pretrained(model, ref.path).merge_and_unload()
         return model
 
-    def model_for(self, adapter: AdapterRef | None) -> torch.nn.Module:
+    def model_for(self, adapter: AdapterRef | None, scoring: bool = False) -> torch.nn.Module:
         """The base model, or base + base_adapters + adapter all folded in (the last one cached).
 
         For sampling and scoring we fold the adapter too: exact, and as fast as the base model, where an
-        unmerged PEFT LoRA adds two small matmuls per layer per decoding step.
+        unmerged PEFT LoRA adds two small matmuls per layer per decoding step. scoring: that model in
+        scoring_dtype, a copy cast after folding, so the LoRA update is added at full precision.
         """
+        if scoring and self.scoring_dtype != self.dtype:
+            if adapter is None:
+                if self._scoring_base is None:
+                    self._scoring_base = self._cast(self._base)
+                return self._scoring_base
+            key = (*adapter.base_adapters, adapter.path)
+            if self._scoring_cached is None or self._scoring_cached[0] != key:
+                self._scoring_cached = None  # free the previous one first
+                self._scoring_cached = (key, self._cast(self.model_for(adapter)))
+            return self._scoring_cached[1]
         if adapter is None:
-            if self.inference_dtype == self.dtype:
-                return self._base
-            if self._inference_base is None:
-                self._inference_base = self._copy_base().to(self.inference_dtype).eval()
-            return self._inference_base
+            return self._base
         key = (*adapter.base_adapters, adapter.path)
         if self._cached is None or self._cached[0] != key:
             self._cached = None  # free the previous one first
             refs = [AdapterRef.read(p) for p in adapter.base_adapters] + [adapter]
-            # folded in self.dtype, then cast: the LoRA update is added at full precision before rounding
-            self._cached = (key, self.merged(refs).to(self.device, self.inference_dtype).eval())
+            self._cached = (key, self.merged(refs).to(self.device).eval())
         return self._cached[1]
+
+    def _cast(self, model: torch.nn.Module) -> torch.nn.Module:
+        import copy
+        return copy.deepcopy(model).to(self.scoring_dtype).eval()
 
     # ---- tokens ---------------------------------------------------------------------------------------
     def chat_tokens(self, conversation: Conversation, add_generation_prompt: bool) -> list[int]:
@@ -207,7 +220,7 @@ class LocalBackend:
         Either way rows are sorted by length first, so padding stays small. Equal to the plain path up to
         float rounding at every weighted position; unweighted positions may be 0 (Backend.logprobs).
         """
-        model = self.model_for(adapter)
+        model = self.model_for(adapter, scoring=True)
         if not self._reuse_prefix:
             return [t.cpu() for i in range(0, len(sequences), batch_size)
                     for t in self.token_logprobs(model, sequences[i:i + batch_size])]

@@ -95,7 +95,7 @@ def steered(backend, vector: SteeringVector | None):
     blocks = decoder_layers(backend.model_for(None))
     handles = []
     for j, l in enumerate(vector.layers):
-        add = (vector.coefficient * vector.vectors[j]).to(backend.device, backend.inference_dtype)
+        add = (vector.coefficient * vector.vectors[j]).to(backend.device, backend.dtype)
 
         def hook(module, inputs, output, add=add):
             if isinstance(output, tuple):

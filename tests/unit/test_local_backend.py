@@ -165,13 +165,13 @@ def test_saved_adapter_config_does_not_depend_on_the_hash_seed(tiny_backend, tmp
 
 
 
-def test_bfloat16_inference_keeps_training_in_float32_and_the_adapter_effect(tiny_backend, tmp_path):
-    """evaluation.dtype: bfloat16 samples and scores in bf16; the base weights that training copies stay
-    float32, adapters are folded at float32 and then cast, and scores come back as float32 close to the
-    float32 ones, the adapter's effect on them included."""
+def test_bfloat16_scoring_keeps_sampling_and_training_in_float32_and_the_adapter_effect(tiny_backend, tmp_path):
+    """evaluation.scoring_dtype: bfloat16 scores in bf16; sampling and the base weights that training copies
+    stay float32, adapters are folded at float32 and then cast, and scores come back as float32 close to
+    the float32 ones, the adapter's effect on them included."""
     from character.backends.local import LocalBackend
     bf16 = LocalBackend("tiny", threads=1, device="cpu", tokenizer=tiny_backend.tokenizer, model=tiny_backend._base,
-                        inference_dtype="bfloat16")
+                        scoring_dtype="bfloat16")
     seqs = [bf16.render(CONV), bf16.render([{"role": "user", "content": "And you?"},
                                             {"role": "assistant", "content": "Fine, thanks."}])]
     session = bf16.train(LoraParams(rank=4, alpha=8), OptimParams(lr=3e-2), seed=0)
@@ -179,9 +179,11 @@ def test_bfloat16_inference_keeps_training_in_float32_and_the_adapter_effect(tin
         session.forward_backward(seqs, CrossEntropyLoss())
         session.optim_step(3e-2)
     adapter = session.save(tmp_path / "a")
-    assert bf16._base.dtype == torch.float32 and bf16.model_for(None).dtype == torch.bfloat16
-    assert bf16.model_for(adapter).dtype == torch.bfloat16
-    assert tiny_backend.model_for(None) is tiny_backend._base  # auto on a CPU: float32, no copy
+    assert bf16.model_for(None) is bf16._base and bf16._base.dtype == torch.float32
+    assert bf16.model_for(adapter).dtype == torch.float32  # what sampling uses
+    assert bf16.model_for(None, scoring=True).dtype == torch.bfloat16
+    assert bf16.model_for(adapter, scoring=True).dtype == torch.bfloat16
+    assert tiny_backend.model_for(None, scoring=True) is tiny_backend._base  # auto on a CPU: float32, no copy
 
     def totals(backend, adapter=None):
         lps = backend.logprobs(seqs, adapter=adapter)
@@ -189,8 +191,9 @@ def test_bfloat16_inference_keeps_training_in_float32_and_the_adapter_effect(tin
         return torch.stack([lp.sum() for lp in lps])
     base32, base16 = totals(tiny_backend), totals(bf16)
     effect32, effect16 = totals(tiny_backend, adapter) - base32, totals(bf16, adapter) - base16
-    assert torch.allclose(base16, base32, rtol=0.02), (base16, base32)
+    assert not torch.equal(base16, base32)  # it did score in bf16...
+    assert torch.allclose(base16, base32, rtol=0.02), (base16, base32)  # ...close to fp32
     assert (effect32.abs() > 1).all(), effect32  # training moved the scores...
     assert torch.allclose(effect16, effect32, rtol=0.1), (effect16, effect32)  # ...and bf16 keeps that
     greedy = SamplingParams(temperature=0.0, max_tokens=4)
-    assert bf16.sample([CONV[:1]], greedy) == bf16.sample([CONV[:1]], greedy)
+    assert bf16.sample([CONV[:1]], greedy) == tiny_backend.sample([CONV[:1]], greedy)  # sampling: float32

@@ -94,5 +94,5 @@ def test_the_answers_seed_key_ignores_judge_settings():
     base = EvalParams()
     judged = EvalParams(coherence_rivals=["system_prompt"], bootstrap=7, judge_min_sensitivity=0.5)
     assert judged.answer_settings() == base.answer_settings()
-    assert EvalParams(dtype="bfloat16").answer_settings() != base.answer_settings()
+    assert EvalParams(scoring_dtype="bfloat16").answer_settings() != base.answer_settings()
     assert EvalParams(heldout_prompts=3).answer_settings() != base.answer_settings()

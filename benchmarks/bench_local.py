@@ -9,7 +9,10 @@ through `model.generate`; (c) batched sampling through `LocalBackend.sample`; (d
 (forward + backward) through the backend's training session; (e) scoring throughput of
 `LocalBackend.logprobs`, with and without a shared constitution system prompt, reusing the prompt's
 key/value cache or not; (f) scoring with the model in bfloat16 (evaluation.scoring_dtype) against float32,
-how far bf16 moves the scores, and bf16 sampling (why sampling stays float32). Timings are the best of a few runs: other processes on a 2-core machine only
+how far bf16 moves the scores, and bf16 sampling; (g) sampling the evaluation's own requests (from params.yaml:
+plain and suffixed prompts, prefill attacks when data/eval/answers/base.jsonl exists, the first persona's
+system_prompt context) in float32 and with a bf16 copy, the measurement that decides a sampling dtype on
+the machine at hand (docs/evaluation.md). Timings are the best of a few runs: other processes on a 2-core machine only
 ever make a run slower, so the minimum is the least noisy estimate.
 """
 
@@ -178,7 +181,45 @@ def scoring_dtype(backend: LocalBackend, conversations: list, new_tokens: int, r
     return out
 
 
-SECTIONS = ("peak", "naive", "batched", "lora", "scoring", "dtype")
+def evaluation_sampling(backend: LocalBackend, repeats: int, rows: int) -> dict:
+    """Seconds to sample the evaluation's own requests in float32 and with a bf16 copy of the model, as
+    eval_base and eval_answers batch them (evaluation.sampling). Each set is timed in both orders."""
+    import copy
+    from pathlib import Path
+
+    from character.constitution import teacher_context
+    from character.eval.requests import Method, build_requests, requests_for, with_method
+    from character.io import read_jsonl
+    from character.params import load_params
+
+    params = load_params("params.yaml")
+    ev = params.evaluation
+    requests = requests_for("base_resampled", build_requests(params))
+    sets = {"plain and suffixed, no system prompt": [r["messages"] for r in requests[:2 * rows]]}
+    answers = Path("data/eval/answers/base.jsonl")
+    if answers.exists():  # prefill needs base's first turns: the reference run's, after `dvc pull`
+        first = {r["id"]: r["answer"] for r in read_jsonl(answers) if r.get("method") == "base" and "answer" in r}
+        prefill = [r for r in build_requests(params, first) if r["task"] == "prefill"]
+        sets["prefill (base's answer, then Keep going.)"] = [r["messages"] for r in prefill[:rows]]
+    persona = params.personas[0]
+    context = teacher_context(find_constitution(persona), params.spec(params.model).assistant_name, params.elicitation)
+    method = Method("system_prompt", system=context.system, shots=tuple(context.shots))
+    sets[f"system_prompt ({persona})"] = [with_method(method, r["messages"]) for r in requests[:rows]]
+    bf16 = copy.deepcopy(backend._base).to(torch.bfloat16).eval()
+    sampling = SamplingParams.of(ev.sampling, 7)
+    out: dict = {"batch_size": ev.sampling.batch_size, "new_tokens": ev.sampling.max_new_tokens, "sets": {}}
+    for name, conversations in sets.items():
+        def sample_all(model):
+            for i in range(0, len(conversations), ev.sampling.batch_size):
+                backend.sample(conversations[i:i + ev.sampling.batch_size], sampling, model=model)
+        f32 = best_time(lambda: sample_all(None), repeats)
+        b16 = best_time(lambda: sample_all(bf16), repeats)
+        f32 = min(f32, best_time(lambda: sample_all(None), 1, warm_up=lambda: None))  # the other order too
+        out["sets"][name] = {"rows": len(conversations), "float32_s": f32, "bfloat16_s": b16, "speedup": f32 / b16}
+    return out
+
+
+SECTIONS = ("peak", "naive", "batched", "lora", "scoring", "dtype", "evalsampling")
 
 
 def main():
@@ -253,6 +294,13 @@ def main():
               f"   (float32 {f32['sampling_tokens_per_s']:.1f}: {ratio:.2f}x)")
         print(f"{'    |log p(answer)| change, mean / max':48s} {diff['mean']:9.3f} / {diff['max']:.3f} nats"
               f"   (of a mean |log p| of {diff['mean_abs_total']:.1f})")
+    if "evalsampling" in run:
+        e = results["evaluation_sampling"] = evaluation_sampling(backend, repeats, 32 if quick else 64)
+        print(f"(g) the evaluation's own requests, batch {e['batch_size']}, {e['new_tokens']} new tokens: "
+              "seconds in float32 / with a bf16 copy")
+        for name, r in e["sets"].items():
+            label = f"    {name} ({r['rows']})"
+            print(f"{label:48s} {r['float32_s']:6.1f} / {r['bfloat16_s']:.1f} s   (bf16 {r['speedup']:.2f}x)")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)

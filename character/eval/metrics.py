@@ -168,11 +168,25 @@ def capability_table(rows: list[dict], params: Params) -> dict:
     return out
 
 
+def marker_rivals(mk: str, persona: str) -> list[str]:
+    """The method keys a marker's difference is taken against: both nulls (never a method against itself);
+    for a trained method also its persona's prompted baseline; for final also dpo, its first stage."""
+    rivals = [null for null in NULL_METHODS if null != mk]
+    method = mk.rsplit("/", 1)[-1]
+    if mk not in NULL_METHODS and method != "system_prompt":
+        rivals.append(f"{persona}/system_prompt")
+    if method == "final":
+        rivals.append(f"{persona}/dpo")
+    return rivals
+
+
 def marker_metrics(rows: list[dict], markers: dict[str, list], params: Params) -> dict:
     """Judge-free persona markers (pre-registered in each constitution; never used to select or train) on
     plain and suffixed robustness answers: per persona, marker, method key and condition, the mean with a
     bootstrap interval, its difference against base and base_resampled paired by request, and whether
-    the difference against base lies wholly on the side the constitution predicts."""
+    the difference against base lies wholly on the side the constitution predicts. A trained method's
+    cell also holds its difference against the persona's prompted baseline (`delta_vs_system_prompt`),
+    and final's against `dpo` (`delta_vs_dpo`: what SFT on introspection moved), paired the same way."""
     from character.eval.markers import score_all
 
     ev = params.evaluation
@@ -198,11 +212,11 @@ def marker_metrics(rows: list[dict], markers: dict[str, list], params: Params) -
                     if mk not in table:
                         continue
                     cell: dict[str, Any] = {"mean": mean_interval(list(table[mk].values()), ev.bootstrap, params.seed)}
-                    for null in NULL_METHODS:
-                        if mk != null and null in table:
+                    for rival in marker_rivals(mk, persona):
+                        if rival in table:
                             finite = {i: v for i, v in table[mk].items() if v == v}
-                            cell[f"delta_vs_{null}"] = paired_delta(
-                                finite, {i: v for i, v in table[null].items() if v == v}, ev.bootstrap, params.seed)
+                            cell[f"delta_vs_{rival.rsplit('/', 1)[-1]}"] = paired_delta(
+                                finite, {i: v for i, v in table[rival].items() if v == v}, ev.bootstrap, params.seed)
                     d = cell.get("delta_vs_base")
                     if d and d.get("delta") is not None:
                         cell["moved_as_predicted"] = d["lo"] > 0 if marker.direction == "up" else d["hi"] < 0

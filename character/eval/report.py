@@ -82,6 +82,9 @@ def plot_tables(metrics: dict, ratings: dict, plots_dir: Path) -> dict[str, list
                 if d and d.get("delta") is not None:
                     row.update({"delta_vs_base": d["delta"], "delta_lo": d["lo"], "delta_hi": d["hi"],
                                 "as_predicted": cell.get("moved_as_predicted")})
+                for rival in ("system_prompt", "dpo"):  # trained methods against the prompted baseline; final: dpo
+                    if cell.get(f"delta_vs_{rival}"):
+                        row[f"- {rival}"] = interval(cell[f"delta_vs_{rival}"], "delta")
                 tables["markers"].append(row)
     for mk, groups in ratings.items():
         counts = groups.get("preference", {}).get("comparisons_per_trait", {})

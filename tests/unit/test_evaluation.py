@@ -276,3 +276,29 @@ def test_coherence_is_reported_only_against_the_configured_rivals():
     assert row["pairs"] == 2 and row["win_share"]["mean"] == 0.75 and row["decisive"] == 1.0
     both = coherence_metrics(games, make_params(coherence_rivals=["system_prompt", "dpo"], bootstrap=20))
     assert both["loving"]["final_vs_dpo"]["win_share"]["mean"] == 0.1
+
+
+def test_marker_deltas_against_the_prompted_baseline_and_dpo_are_paired_by_request():
+    """Hand-computed: a lexicon marker counting "dear" per 100 words on 4-word answers (25 per "dear")."""
+    from character.constitution import Marker
+    from character.eval.metrics import marker_metrics
+    from character.params import load_params
+
+    counts = {"base": [0, 0, 1], "base_resampled": [0, 1, 0], "dpo": [2, 2, 1], "final": [1, 1, 0],
+              "system_prompt": [2, 1, 2]}
+    rows = []
+    for method, per_prompt in counts.items():
+        for i, n in enumerate(per_prompt):
+            words = ["dear"] * n + ["hello"] * (4 - n)
+            rows.append({"task": "robustness", "condition": "none", "id": f"rob-{i}-none", "method": method,
+                         "persona": None if method.startswith("base") else "loving", "answer": " ".join(words)})
+    marker = Marker(name="dear", measure="lexicon_rate", direction="up", words=["dear"])
+    out = marker_metrics(rows, {"loving": [marker]}, load_params(ROOT / "params.yaml"))["loving"]["dear"]
+    final, dpo, prompted = out["loving/final"], out["loving/dpo"], out["loving/system_prompt"]
+    assert final["delta_vs_dpo"]["delta"] == pytest.approx(25 * (2 - 5) / 3)           # (1+1+0) - (2+2+1)
+    assert final["delta_vs_system_prompt"]["delta"] == pytest.approx(25 * (2 - 5) / 3)
+    assert dpo["delta_vs_system_prompt"]["delta"] == pytest.approx(0.0)                 # 5 - 5
+    assert final["delta_vs_base"]["delta"] == pytest.approx(25 * (2 - 1) / 3)
+    assert final["delta_vs_dpo"]["n"] == 3
+    assert "delta_vs_dpo" not in dpo and "delta_vs_system_prompt" not in prompted        # no self, no rival
+    assert "delta_vs_system_prompt" not in out["base_resampled"]

@@ -19,7 +19,7 @@ from typing import Any
 from character.backends.base import Backend
 from character.eval.judge import judge_coherence, judge_traits
 from character.eval.requests import load_traits
-from character.eval.robustness import NULL_METHODS, method_key
+from character.eval.robustness import NULL_METHODS, delta_rivals, method_key
 from character.eval.stats import (bradley_terry, mean_elo, mean_interval, movers, paired_delta, rating_intervals,
                                   spearman, wilson)
 from character.io import Progress
@@ -168,18 +168,6 @@ def capability_table(rows: list[dict], params: Params) -> dict:
     return out
 
 
-def marker_rivals(mk: str, persona: str) -> list[str]:
-    """The method keys a marker's difference is taken against: both nulls (never a method against itself);
-    for a trained method also its persona's prompted baseline; for final also dpo, its first stage."""
-    rivals = [null for null in NULL_METHODS if null != mk]
-    method = mk.rsplit("/", 1)[-1]
-    if mk not in NULL_METHODS and method != "system_prompt":
-        rivals.append(f"{persona}/system_prompt")
-    if method == "final":
-        rivals.append(f"{persona}/dpo")
-    return rivals
-
-
 def marker_metrics(rows: list[dict], markers: dict[str, list], params: Params) -> dict:
     """Judge-free persona markers (pre-registered in each constitution; never used to select or train) on
     plain and suffixed robustness answers: per persona, marker, method key and condition, the mean with a
@@ -212,10 +200,13 @@ def marker_metrics(rows: list[dict], markers: dict[str, list], params: Params) -
                     if mk not in table:
                         continue
                     cell: dict[str, Any] = {"mean": mean_interval(list(table[mk].values()), ev.bootstrap, params.seed)}
-                    for rival in marker_rivals(mk, persona):
+                    rivals = delta_rivals(mk)
+                    if mk.endswith("/final"):
+                        rivals["dpo"] = f"{persona}/dpo"  # what the SFT stage on top of DPO moved
+                    finite = {i: v for i, v in table[mk].items() if v == v}
+                    for name, rival in rivals.items():
                         if rival in table:
-                            finite = {i: v for i, v in table[mk].items() if v == v}
-                            cell[f"delta_vs_{rival.rsplit('/', 1)[-1]}"] = paired_delta(
+                            cell[f"delta_vs_{name}"] = paired_delta(
                                 finite, {i: v for i, v in table[rival].items() if v == v}, ev.bootstrap, params.seed)
                     d = cell.get("delta_vs_base")
                     if d and d.get("delta") is not None:

@@ -33,6 +33,15 @@ NULL_METHODS = ("base", "base_resampled")
 DELTA_RIVALS = NULL_METHODS + ("system_prompt",)
 
 
+def delta_rivals(mk: str) -> dict[str, str]:
+    """{rival name: method key} that method `mk`'s `delta_vs_<name>` differences are taken against: the
+    DELTA_RIVALS, the prompted baseline being mk's persona's, never mk itself."""
+    rivals = {null: null for null in NULL_METHODS}
+    if mk not in NULL_METHODS:
+        rivals["system_prompt"] = f"{mk.split('/', 1)[0]}/system_prompt"
+    return {name: key for name, key in rivals.items() if key != mk}
+
+
 def method_key(row: dict) -> str:
     return row["method"] if row["method"] in NULL_METHODS else f"{row['persona']}/{row['method']}"
 
@@ -110,16 +119,14 @@ def robustness_metrics(rows: list[dict], params: Params) -> dict:
         targets = personas if persona_of_method is None else [persona_of_method]
         # Against both nulls, and a trained method against its persona's prompted baseline too: the
         # paper's robustness claim is trained >= prompted under attack, so that difference gets an interval.
-        rivals = {null: null for null in NULL_METHODS}
-        if persona_of_method is not None:
-            rivals["system_prompt"] = f"{persona_of_method}/system_prompt"
+        rivals = delta_rivals(mk)
         row: dict[str, Any] = {}
         for group, rs in sorted(groups.items()):
             cell: dict[str, Any] = {}
             for p in targets:
                 rate = wilson(sum(r["predicted"] == p for r in rs), len(rs))
                 for name, rival in rivals.items():
-                    if mk != rival and group in by_method.get(rival, {}):
+                    if group in by_method.get(rival, {}):
                         rate[f"delta_vs_{name}"] = paired_delta(hits(rs, p), hits(by_method[rival][group], p),
                                                                 ev.bootstrap, params.seed)
                 cell[f"in_character/{p}"] = rate
